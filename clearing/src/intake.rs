@@ -1,0 +1,781 @@
+//! Intake: turns a batch of raw MQTT messages into stored readings and
+//! orders, acknowledgements and reject counts.
+//!
+//! Every message goes through the same steps, cheapest first, and stops at
+//! the first failure:
+//!
+//! 1. size cap (`oversized`), envelope decoding (`malformed`);
+//! 2. key lookup by key id (`unknown_key`), revocation (`revoked_key`);
+//! 3. signature under the topic's domain (`bad_signature`), checked for the
+//!    whole batch with ed25519 batch verification, falling back to single
+//!    checks only when the batch fails;
+//! 4. payload decoding with a depth cap (`malformed`), number ranges
+//!    (`out_of_range`);
+//! 5. consistency of topic, payload and key (`wrong_grid`, `topic_mismatch`,
+//!    `wrong_household`, `unknown_meter`);
+//! 6. history: readings against the meter's stored readings (duplicates,
+//!    `seq_conflict`, `counter_rewind`, `timestamp_out_of_window`), orders
+//!    against the household's nonces and the interval's gate
+//!    (`replay`, `bad_interval`, `gate_closed`, `bad_quantity`, `bad_replaces`,
+//!    `too_many_orders`).
+//!
+//! Acknowledgements go only to senders whose signature verified: an
+//! unauthenticated message cannot make the engine tell a household that its
+//! reading was refused (that would let anyone empty a meter's outbox).
+//! Messages refused before that point are counted and logged only.
+//!
+//! The hot path reads nothing from the database: each meter's latest seq and
+//! counters, each household's highest nonce and per-interval order counts
+//! are cached after their first load. Only out-of-order readings and
+//! redeliveries query the store. The cache is dropped whenever a batch fails
+//! to commit, so it never runs ahead of the database.
+
+use crate::error::StoreError;
+use crate::metrics::RejectReason;
+use crate::registry::{KeyEntry, Registry};
+use crate::store::{self, OrderRow, ReadingRow};
+use ed25519_dalek::VerifyingKey;
+use protocol::{
+    AckItem, AckKind, AckOutcome, DeviceStatus, Domain, GridId, HouseholdId, IntervalId, LivePower,
+    MAX_ENVELOPE_BYTES, MeterId, Order, Reading, Side, SignedEnvelope, Topic, UnixMs,
+    decode_payload, verify_many,
+};
+use sha2::{Digest, Sha256};
+use sqlx::SqlitePool;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use tracing::{debug, warn};
+
+/// A message as it came from the broker.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// Limits that the intake enforces.
+#[derive(Debug, Clone)]
+pub struct IntakeRules {
+    pub grid: GridId,
+    pub interval_ms: u64,
+    pub gate_lead_ms: u64,
+    /// Largest clock skew accepted for a reading from the future.
+    pub timestamp_window_ms: u64,
+    /// Oldest reading accepted: a gateway's outbox backlog after an outage
+    /// arrives late, and must not be lost.
+    pub max_reading_age_ms: u64,
+    pub max_orders_per_interval: u32,
+    pub max_order_wh: u64,
+    pub order_horizon_intervals: u32,
+}
+
+/// What one batch produced. Its rows are already committed when
+/// [`Intake::process`] returns it.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// Acknowledgement items per household, in message order.
+    pub acks: BTreeMap<HouseholdId, Vec<AckItem>>,
+    pub rejects: BTreeMap<RejectReason, u64>,
+    pub readings: usize,
+    pub orders: usize,
+    pub duplicates: u64,
+    /// Live power from accepted readings.
+    pub live: Vec<LivePower>,
+}
+
+impl BatchOutcome {
+    fn ack(&mut self, household: &HouseholdId, item: AckItem) {
+        self.acks.entry(household.clone()).or_default().push(item);
+    }
+    fn reject(&mut self, reason: RejectReason) {
+        *self.rejects.entry(reason).or_insert(0) += 1;
+    }
+}
+
+/// Cached state of one meter: its highest stored seq and the counters of its
+/// latest non-error reading.
+#[derive(Debug, Clone, Copy, Default)]
+struct MeterState {
+    tip: Option<i64>,
+    good: Option<(i64, i64, i64)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Reading,
+    Order,
+}
+
+/// A message that passed steps 1–2.
+struct Candidate {
+    kind: Kind,
+    topic: Topic,
+    env: SignedEnvelope,
+    /// The exact wire bytes: what is stored and hashed.
+    raw: Vec<u8>,
+    entry: KeyEntry,
+}
+
+/// A batch after steps 1–3, ready for [`Intake::apply`].
+pub struct Screened {
+    registry: Arc<Registry>,
+    out: BatchOutcome,
+    candidates: Vec<Candidate>,
+    verdicts: Vec<bool>,
+}
+
+impl Screened {
+    /// Messages in the batch that reached signature verification.
+    pub fn candidates(&self) -> usize {
+        self.candidates.len()
+    }
+}
+
+/// The intake's state between batches.
+#[derive(Debug)]
+pub struct Intake {
+    rules: IntakeRules,
+    registry: Arc<Registry>,
+    pool: SqlitePool,
+    meters: HashMap<MeterId, MeterState>,
+    nonces: HashMap<HouseholdId, i64>,
+    order_counts: HashMap<(HouseholdId, i64), u64>,
+}
+
+/// (digest, status, import, export) of a reading accepted in this batch.
+type PendingReading = (Vec<u8>, DeviceStatus, i64, i64);
+
+/// A reading or order accepted in the current batch but not yet committed.
+#[derive(Default)]
+struct Pending {
+    readings: BTreeMap<(MeterId, i64), PendingReading>,
+    orders: HashMap<(HouseholdId, i64), (Vec<u8>, i64)>,
+}
+
+fn to_i64(v: u64) -> Option<i64> {
+    i64::try_from(v).ok()
+}
+
+impl Intake {
+    /// A fresh intake with empty caches.
+    pub fn new(rules: IntakeRules, registry: Arc<Registry>, pool: SqlitePool) -> Intake {
+        Intake {
+            rules,
+            registry,
+            pool,
+            meters: HashMap::new(),
+            nonces: HashMap::new(),
+            order_counts: HashMap::new(),
+        }
+    }
+
+    /// Uses another registry from the next batch on (the engine swaps in a
+    /// reloaded one when keys were approved, rotated or revoked). The caches
+    /// stay: they hold history, not enrolment.
+    pub fn set_registry(&mut self, registry: Arc<Registry>) {
+        self.registry = registry;
+    }
+
+    /// Validates a batch and stores what passes, in one transaction. `now` is
+    /// the clock's reading for every gate and timestamp check in the batch.
+    ///
+    /// On a storage error nothing is stored, nothing is acknowledged and the
+    /// caches are dropped: the senders' outboxes will send again.
+    pub async fn process(
+        &mut self,
+        batch: Vec<Inbound>,
+        now: UnixMs,
+    ) -> Result<BatchOutcome, StoreError> {
+        let screened = Intake::screen_and_verify(self.registry.clone(), batch).await;
+        self.apply(screened, now).await
+    }
+
+    /// Steps 1–3 of a batch: needs only the registry, no intake state and no
+    /// clock, so the engine runs it for the next batch while [`Intake::apply`]
+    /// still works on the previous one (verification and storage overlap).
+    pub async fn screen_and_verify(registry: Arc<Registry>, batch: Vec<Inbound>) -> Screened {
+        let mut out = BatchOutcome::default();
+        let mut candidates = Vec::with_capacity(batch.len());
+        for msg in batch {
+            if let Some(c) = screen(&registry, msg, &mut out) {
+                candidates.push(c);
+            }
+        }
+        let verdicts = verify_batch(&candidates).await;
+        Screened {
+            registry,
+            out,
+            candidates,
+            verdicts,
+        }
+    }
+
+    /// Steps 4–6 and the commit, for a batch that [`Intake::screen_and_verify`]
+    /// prepared. The registry it was screened with is used for the rest.
+    pub async fn apply(
+        &mut self,
+        screened: Screened,
+        now: UnixMs,
+    ) -> Result<BatchOutcome, StoreError> {
+        let Screened {
+            registry,
+            mut out,
+            candidates,
+            verdicts,
+        } = screened;
+        self.registry = registry;
+        // Counts of intervals whose gate has closed are never needed again.
+        let open_from =
+            i64::try_from(now.0.saturating_sub(self.rules.interval_ms)).unwrap_or(i64::MAX);
+        self.order_counts
+            .retain(|(_, interval), _| *interval >= open_from);
+        let mut pending = Pending::default();
+        let mut readings = Vec::new();
+        let mut orders = Vec::new();
+        let received_at = to_i64(now.0).unwrap_or(i64::MAX);
+        for (c, ok) in candidates.into_iter().zip(verdicts) {
+            if !ok {
+                debug!(key_id = %c.env.key_id, household = %c.entry.household, "bad signature");
+                out.reject(RejectReason::BadSignature);
+                continue;
+            }
+            let result = match c.kind {
+                Kind::Reading => {
+                    self.reading(&c, now, received_at, &mut pending, &mut out)
+                        .await
+                }
+                Kind::Order => {
+                    self.order(&c, now, received_at, &mut pending, &mut out)
+                        .await
+                }
+            };
+            match result {
+                Ok(Some(Row::Reading(r))) => readings.push(*r),
+                Ok(Some(Row::Order(o))) => orders.push(o),
+                Ok(None) => {}
+                Err(e) => {
+                    self.forget();
+                    return Err(e);
+                }
+            }
+        }
+        if let Err(e) = self.commit(&readings, &orders, &out.rejects).await {
+            self.forget();
+            return Err(e);
+        }
+        out.readings = readings.len();
+        out.orders = orders.len();
+        Ok(out)
+    }
+
+    /// Drops every cache; they reload from the store on demand.
+    pub fn forget(&mut self) {
+        self.meters.clear();
+        self.nonces.clear();
+        self.order_counts.clear();
+    }
+
+    async fn commit(
+        &self,
+        readings: &[ReadingRow],
+        orders: &[OrderRow],
+        rejects: &BTreeMap<RejectReason, u64>,
+    ) -> Result<(), StoreError> {
+        if readings.is_empty() && orders.is_empty() && rejects.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        store::insert_readings(&mut tx, readings).await?;
+        store::insert_orders(&mut tx, orders).await?;
+        store::add_rejects(&mut tx, rejects).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Steps 1–2: topic, size, envelope, key.
+fn screen(registry: &Registry, msg: Inbound, out: &mut BatchOutcome) -> Option<Candidate> {
+    let topic = match Topic::parse(&msg.topic) {
+        Ok(t) => t,
+        Err(error) => {
+            debug!(topic = %msg.topic, %error, "unparseable topic");
+            out.reject(RejectReason::Malformed);
+            return None;
+        }
+    };
+    let kind = match &topic {
+        Topic::Readings { .. } => Kind::Reading,
+        Topic::Orders { .. } => Kind::Order,
+        // Subscriptions deliver only these two kinds to the intake.
+        _ => return None,
+    };
+    if msg.payload.len() > MAX_ENVELOPE_BYTES {
+        out.reject(RejectReason::Oversized);
+        return None;
+    }
+    let env = match SignedEnvelope::decode(&msg.payload) {
+        Ok(e) => e,
+        Err(error) => {
+            debug!(topic = %msg.topic, %error, "undecodable envelope");
+            out.reject(RejectReason::Malformed);
+            return None;
+        }
+    };
+    let Some(entry) = registry.key(&env.key_id) else {
+        debug!(topic = %msg.topic, key_id = %env.key_id, "unknown key");
+        out.reject(RejectReason::UnknownKey);
+        return None;
+    };
+    if entry.revoked {
+        debug!(topic = %msg.topic, key_id = %env.key_id, "revoked key");
+        out.reject(RejectReason::RevokedKey);
+        return None;
+    }
+    Some(Candidate {
+        kind,
+        topic,
+        env,
+        raw: msg.payload,
+        entry: entry.clone(),
+    })
+}
+
+impl Intake {
+    async fn meter_state(&mut self, meter: &MeterId) -> Result<MeterState, StoreError> {
+        if let Some(s) = self.meters.get(meter) {
+            return Ok(*s);
+        }
+        let (tip, good) = store::meter_tip(&self.pool, meter.as_str()).await?;
+        let s = MeterState { tip, good };
+        self.meters.insert(meter.clone(), s);
+        Ok(s)
+    }
+
+    async fn reading(
+        &mut self,
+        c: &Candidate,
+        now: UnixMs,
+        received_at: i64,
+        pending: &mut Pending,
+        out: &mut BatchOutcome,
+    ) -> Result<Option<Row>, StoreError> {
+        let household = &c.entry.household;
+        let r: Reading = match decode_payload(&c.env.payload) {
+            Ok(r) => r,
+            Err(error) => {
+                debug!(%household, %error, "malformed reading");
+                out.reject(RejectReason::Malformed);
+                if let Some(seq) = loose_u64(&c.env.payload, "seq") {
+                    let meter = match &c.topic {
+                        Topic::Readings { meter, .. } => Some(meter.clone()),
+                        _ => None,
+                    };
+                    out.ack(
+                        household,
+                        rejected(AckKind::Reading, meter, seq, RejectReason::Malformed),
+                    );
+                }
+                return Ok(None);
+            }
+        };
+        let reject = |out: &mut BatchOutcome, reason: RejectReason| {
+            debug!(%household, meter = %r.meter, seq = r.seq, %reason, "reading rejected");
+            out.reject(reason);
+            out.ack(
+                household,
+                rejected(AckKind::Reading, Some(r.meter.clone()), r.seq, reason),
+            );
+            Ok(None)
+        };
+        if r.grid != self.rules.grid {
+            return reject(out, RejectReason::WrongGrid);
+        }
+        if !matches!(&c.topic, Topic::Readings { grid, meter } if *grid == r.grid && *meter == r.meter)
+        {
+            return reject(out, RejectReason::TopicMismatch);
+        }
+        if r.household != *household {
+            return reject(out, RejectReason::WrongHousehold);
+        }
+        match self.registry.household_of(&r.meter) {
+            None => return reject(out, RejectReason::UnknownMeter),
+            Some(owner) if owner != household => return reject(out, RejectReason::WrongHousehold),
+            Some(_) => {}
+        }
+        let (Some(seq), Some(ts), Some(import), Some(export)) = (
+            to_i64(r.seq),
+            to_i64(r.ts.0),
+            to_i64(r.import_wh.0),
+            to_i64(r.export_wh.0),
+        ) else {
+            return reject(out, RejectReason::OutOfRange);
+        };
+        let pv_wh = match r.pv_wh.map(|v| to_i64(v.0)) {
+            Some(None) => return reject(out, RejectReason::OutOfRange),
+            Some(Some(v)) => Some(v),
+            None => None,
+        };
+        let digest = Sha256::digest(&c.raw).to_vec();
+        let state = self.meter_state(&r.meter).await?;
+        let usable = r.status != DeviceStatus::Error;
+        if state.tip.is_some_and(|tip| seq <= tip) {
+            // At or below the newest stored seq: a redelivery, a conflict, or
+            // a late reading that fills a gap.
+            let stored = match pending.readings.get(&(r.meter.clone(), seq)) {
+                Some((d, ..)) => Some(d.clone()),
+                None => store::reading_digest(&self.pool, r.meter.as_str(), seq).await?,
+            };
+            if let Some(d) = stored {
+                if d == digest {
+                    out.duplicates += 1;
+                    out.ack(
+                        household,
+                        AckItem {
+                            kind: AckKind::Reading,
+                            meter: Some(r.meter.clone()),
+                            seq: r.seq,
+                            outcome: AckOutcome::Duplicate,
+                        },
+                    );
+                    return Ok(None);
+                }
+                return reject(out, RejectReason::SeqConflict);
+            }
+            if usable {
+                let (mut prev, mut next) =
+                    store::reading_neighbours(&self.pool, r.meter.as_str(), seq).await?;
+                let key = (r.meter.clone(), seq);
+                let usable_pending = |(k, v): (&(MeterId, i64), &PendingReading)| {
+                    (k.0 == r.meter && v.1 != DeviceStatus::Error).then_some((k.1, v.2, v.3))
+                };
+                if let Some(p) = pending
+                    .readings
+                    .range(..key.clone())
+                    .rev()
+                    .find_map(usable_pending)
+                    && prev.is_none_or(|q| p.0 > q.0)
+                {
+                    prev = Some(p);
+                }
+                if let Some(n) = pending.readings.range(key..).find_map(usable_pending)
+                    && next.is_none_or(|q| n.0 < q.0)
+                {
+                    next = Some(n);
+                }
+                let below = prev.is_some_and(|(_, i, e)| import < i || export < e);
+                let above = next.is_some_and(|(_, i, e)| import > i || export > e);
+                if below || above {
+                    return reject(out, RejectReason::CounterRewind);
+                }
+            }
+        } else if usable && state.good.is_some_and(|(_, i, e)| import < i || export < e) {
+            return reject(out, RejectReason::CounterRewind);
+        }
+        // Asymmetric on purpose: a reading from the future means a broken or
+        // lying clock, while a reading from the past is normally a backlog
+        // that the meter's outbox delivers after an outage.
+        let too_new = r.ts.0 > now.0.saturating_add(self.rules.timestamp_window_ms);
+        let too_old = r.ts.0 < now.0.saturating_sub(self.rules.max_reading_age_ms);
+        if too_new || too_old {
+            return reject(out, RejectReason::TimestampOutOfWindow);
+        }
+        // Accepted: advance the cached state.
+        let s = self.meters.entry(r.meter.clone()).or_default();
+        if s.tip.is_none_or(|t| seq > t) {
+            s.tip = Some(seq);
+        }
+        if usable && s.good.is_none_or(|(g, ..)| seq > g) {
+            s.good = Some((seq, import, export));
+        }
+        pending.readings.insert(
+            (r.meter.clone(), seq),
+            (digest.clone(), r.status, import, export),
+        );
+        out.ack(
+            household,
+            AckItem {
+                kind: AckKind::Reading,
+                meter: Some(r.meter.clone()),
+                seq: r.seq,
+                outcome: AckOutcome::Accepted,
+            },
+        );
+        out.live.push(LivePower {
+            household: household.clone(),
+            meter: r.meter.clone(),
+            ts: r.ts,
+            grid_power_w: r.grid_power_w,
+            pv_power_w: r.pv_power_w,
+        });
+        Ok(Some(Row::Reading(Box::new(ReadingRow {
+            meter: r.meter.to_string(),
+            seq,
+            household: household.to_string(),
+            ts,
+            import_wh: import,
+            export_wh: export,
+            pv_wh,
+            grid_power_w: r.grid_power_w.0,
+            pv_power_w: r.pv_power_w.map(|w| w.0),
+            status: status_str(r.status),
+            key_id: c.env.key_id.0.clone(),
+            envelope: c.raw.clone(),
+            digest,
+            received_at,
+        }))))
+    }
+
+    async fn order(
+        &mut self,
+        c: &Candidate,
+        now: UnixMs,
+        received_at: i64,
+        pending: &mut Pending,
+        out: &mut BatchOutcome,
+    ) -> Result<Option<Row>, StoreError> {
+        let household = &c.entry.household;
+        let o: Order = match decode_payload(&c.env.payload) {
+            Ok(o) => o,
+            Err(error) => {
+                debug!(%household, %error, "malformed order");
+                out.reject(RejectReason::Malformed);
+                if let Some(nonce) = loose_u64(&c.env.payload, "nonce") {
+                    out.ack(
+                        household,
+                        rejected(AckKind::Order, None, nonce, RejectReason::Malformed),
+                    );
+                }
+                return Ok(None);
+            }
+        };
+        let reject = |out: &mut BatchOutcome, reason: RejectReason| {
+            debug!(%household, nonce = o.nonce, interval = o.interval.0, %reason, "order rejected");
+            out.reject(reason);
+            out.ack(household, rejected(AckKind::Order, None, o.nonce, reason));
+            Ok(None)
+        };
+        if o.grid != self.rules.grid {
+            return reject(out, RejectReason::WrongGrid);
+        }
+        if o.household != *household {
+            return reject(out, RejectReason::WrongHousehold);
+        }
+        if !matches!(&c.topic, Topic::Orders { grid, household: h } if *grid == o.grid && *h == o.household)
+        {
+            return reject(out, RejectReason::TopicMismatch);
+        }
+        let (Some(nonce), Some(interval), Some(quantity), Some(price), Some(ts)) = (
+            to_i64(o.nonce),
+            to_i64(o.interval.0),
+            to_i64(o.quantity_wh.0),
+            to_i64(o.limit_price.0),
+            to_i64(o.ts.0),
+        ) else {
+            return reject(out, RejectReason::OutOfRange);
+        };
+        let replaces = match o.replaces.map(to_i64) {
+            Some(None) => return reject(out, RejectReason::OutOfRange),
+            Some(Some(n)) => Some(n),
+            None => None,
+        };
+        let digest = Sha256::digest(&c.raw).to_vec();
+        let highest = match self.nonces.get(household) {
+            Some(n) => *n,
+            None => {
+                let n = store::max_nonce(&self.pool, household.as_str())
+                    .await?
+                    .unwrap_or(-1);
+                self.nonces.insert(household.clone(), n);
+                n
+            }
+        };
+        if nonce <= highest {
+            let stored = match pending.orders.get(&(household.clone(), nonce)) {
+                Some((d, _)) => Some(d.clone()),
+                None => store::order_at(&self.pool, household.as_str(), nonce)
+                    .await?
+                    .map(|(d, _)| d),
+            };
+            if stored.as_ref() == Some(&digest) {
+                out.duplicates += 1;
+                out.ack(
+                    household,
+                    AckItem {
+                        kind: AckKind::Order,
+                        meter: None,
+                        seq: o.nonce,
+                        outcome: AckOutcome::Duplicate,
+                    },
+                );
+                return Ok(None);
+            }
+            return reject(out, RejectReason::Replay);
+        }
+        let len = self.rules.interval_ms;
+        let horizon = now
+            .0
+            .saturating_add(len.saturating_mul(u64::from(self.rules.order_horizon_intervals)));
+        if !o.interval.0.is_multiple_of(len) || o.interval.0 > horizon {
+            return reject(out, RejectReason::BadInterval);
+        }
+        if now.0 >= gate_closure(o.interval, self.rules.gate_lead_ms).0 {
+            return reject(out, RejectReason::GateClosed);
+        }
+        if (o.quantity_wh.0 == 0 && replaces.is_none()) || o.quantity_wh.0 > self.rules.max_order_wh
+        {
+            return reject(out, RejectReason::BadQuantity);
+        }
+        if let Some(old) = replaces {
+            let target = match pending.orders.get(&(household.clone(), old)) {
+                Some((_, i)) => Some(*i),
+                None => store::order_at(&self.pool, household.as_str(), old)
+                    .await?
+                    .map(|(_, i)| i),
+            };
+            if old >= nonce || target != Some(interval) {
+                return reject(out, RejectReason::BadReplaces);
+            }
+        }
+        let count_key = (household.clone(), interval);
+        let count = match self.order_counts.get(&count_key) {
+            Some(n) => *n,
+            None => store::count_orders(&self.pool, household.as_str(), interval).await?,
+        };
+        if count >= u64::from(self.rules.max_orders_per_interval) {
+            self.order_counts.insert(count_key, count);
+            return reject(out, RejectReason::TooManyOrders);
+        }
+        self.order_counts.insert(count_key, count + 1);
+        self.nonces.insert(household.clone(), nonce);
+        pending
+            .orders
+            .insert((household.clone(), nonce), (digest.clone(), interval));
+        out.ack(
+            household,
+            AckItem {
+                kind: AckKind::Order,
+                meter: None,
+                seq: o.nonce,
+                outcome: AckOutcome::Accepted,
+            },
+        );
+        Ok(Some(Row::Order(OrderRow {
+            household: household.to_string(),
+            nonce,
+            interval_start: interval,
+            side: side_str(o.side),
+            quantity_wh: quantity,
+            limit_price: price,
+            ts,
+            replaces,
+            key_id: c.env.key_id.0.clone(),
+            envelope: c.raw.clone(),
+            digest,
+            received_at,
+        })))
+    }
+}
+
+enum Row {
+    Reading(Box<ReadingRow>),
+    Order(OrderRow),
+}
+
+/// Gate closure of an interval: its start minus the lead.
+pub fn gate_closure(interval: IntervalId, lead_ms: u64) -> UnixMs {
+    UnixMs(interval.0.saturating_sub(lead_ms))
+}
+
+fn rejected(kind: AckKind, meter: Option<MeterId>, seq: u64, reason: RejectReason) -> AckItem {
+    AckItem {
+        kind,
+        meter,
+        seq,
+        outcome: AckOutcome::Rejected(reason.as_str().to_owned()),
+    }
+}
+
+/// The stored form of a device status.
+pub fn status_str(s: DeviceStatus) -> &'static str {
+    match s {
+        DeviceStatus::Ok => "ok",
+        DeviceStatus::Stale => "stale",
+        DeviceStatus::Error => "error",
+    }
+}
+
+/// The stored form of an order side.
+pub fn side_str(s: Side) -> &'static str {
+    match s {
+        Side::Buy => "buy",
+        Side::Sell => "sell",
+    }
+}
+
+/// Reads one unsigned integer field from a payload that failed strict
+/// decoding, so that an authenticated sender still learns which of its
+/// messages was refused. serde_json's own recursion limit bounds the depth.
+fn loose_u64(payload: &[u8], field: &str) -> Option<u64> {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()?
+        .get(field)?
+        .as_u64()
+}
+
+/// Smallest share of a batch worth its own verification thread.
+const MIN_VERIFY_CHUNK: usize = 64;
+
+/// Step 3 for a whole batch, off the async threads (ed25519 is CPU work)
+/// and split across the cores: each share is batch-verified on its own, so
+/// one forged message only sends its share to the one-by-one fallback.
+async fn verify_batch(candidates: &[Candidate]) -> Vec<bool> {
+    if candidates.is_empty() {
+        return Vec::new();
+    }
+    let items: Vec<(SignedEnvelope, Domain, VerifyingKey)> = candidates
+        .iter()
+        .map(|c| {
+            let domain = match c.kind {
+                Kind::Reading => Domain::Reading,
+                Kind::Order => Domain::Order,
+            };
+            (c.env.clone(), domain, c.entry.key)
+        })
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let chunk = items.len().div_ceil(cores).max(MIN_VERIFY_CHUNK);
+    let mut shares = Vec::new();
+    let mut rest = items;
+    while !rest.is_empty() {
+        let tail = rest.split_off(chunk.min(rest.len()));
+        shares.push(rest);
+        rest = tail;
+    }
+    let tasks: Vec<_> = shares
+        .into_iter()
+        .map(|share| {
+            let n = share.len();
+            let task = tokio::task::spawn_blocking(move || {
+                let refs: Vec<(&SignedEnvelope, Domain, &VerifyingKey)> =
+                    share.iter().map(|(e, d, k)| (e, *d, k)).collect();
+                verify_many(&refs)
+                    .into_iter()
+                    .map(|v| v.is_ok())
+                    .collect::<Vec<bool>>()
+            });
+            (n, task)
+        })
+        .collect();
+    let mut verdicts = Vec::with_capacity(candidates.len());
+    for (n, task) in tasks {
+        match task.await {
+            Ok(v) => verdicts.extend(v),
+            Err(error) => {
+                // A panic inside verification must not accept anything.
+                warn!(%error, "signature verification task failed");
+                verdicts.extend(std::iter::repeat_n(false, n));
+            }
+        }
+    }
+    verdicts
+}

@@ -1,0 +1,1151 @@
+//! The gateway's configuration: one TOML file per gateway, each role enabled
+//! or not (meter agent, controller, clearing engine, dashboard, Home
+//! Assistant).
+//!
+//! Parse, then validate, then bind: [`load`] reads and parses the file
+//! (serde, unknown keys refused), then [`RawConfig::validate`] checks every
+//! value parsing cannot (ids, addresses, price limits, key and certificate
+//! files, the engine's own rules) and returns a [`GatewayConfig`] whose
+//! values are ready to use. Nothing here opens a socket, so a bad file stops
+//! `voltshare run` before any port is bound. Every error names its key, and
+//! the file and line where the key (or its section) stands.
+
+use crate::strategy::{BatteryParams, Location};
+use clearing::config::EngineConfig;
+use protocol::{GridId, HouseholdId, MeterId, MicroPerKwh};
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A configuration problem: which file, where, which key, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// Dotted key path (`controller.max_buy_price`); empty for whole-file problems.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": key `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Why TLS settings could not be turned into a client configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {why}")]
+    File { path: PathBuf, why: String },
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// TLS material for the broker connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificate(s) that signed the broker's certificate.
+    pub ca_file: PathBuf,
+    /// The gateway's own certificate and key (client authentication).
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// How to reach the broker securely. The default is plain TCP without
+/// credentials (the demo, a local test broker).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrokerSecurity {
+    pub tls: Option<TlsFiles>,
+    /// Username and password.
+    pub credentials: Option<(String, String)>,
+}
+
+impl BrokerSecurity {
+    /// The rustls client configuration, with the `ring` provider (the one
+    /// crypto provider of the workspace), or `None` for plain TCP.
+    pub fn rustls_config(&self) -> Result<Option<Arc<rustls::ClientConfig>>, TlsError> {
+        let Some(tls) = &self.tls else {
+            return Ok(None);
+        };
+        let file_err = |path: &Path, why: String| TlsError::File {
+            path: path.to_owned(),
+            why,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.ca_file)
+            .map_err(|e| file_err(&tls.ca_file, e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| file_err(&tls.ca_file, e.to_string()))?;
+        if cas.is_empty() {
+            return Err(file_err(&tls.ca_file, "no PEM certificate in it".into()));
+        }
+        for c in cas {
+            roots.add(c)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        let config = match &tls.client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                    .map_err(|e| file_err(cert, e.to_string()))?
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| file_err(cert, e.to_string()))?;
+                if chain.is_empty() {
+                    return Err(file_err(cert, "no PEM certificate in it".into()));
+                }
+                let key_der =
+                    PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e.to_string()))?;
+                builder.with_client_auth_cert(chain, key_der)?
+            }
+        };
+        Ok(Some(Arc::new(config)))
+    }
+
+    /// Sets TLS transport and credentials on rumqttc options.
+    pub fn apply(&self, opts: &mut MqttOptions) -> Result<(), TlsError> {
+        if let Some(cfg) = self.rustls_config()? {
+            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(cfg)));
+        }
+        if let Some((u, p)) = &self.credentials {
+            opts.set_credentials(u.clone(), p.clone());
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- raw file
+
+/// The file as parsed, before validation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub grid: String,
+    /// Where databases and keys live (the unit's StateDirectory).
+    pub data_dir: PathBuf,
+    #[serde(default = "d_interval")]
+    pub interval_ms: u64,
+    pub broker: RawBroker,
+    #[serde(default)]
+    pub household: Option<RawHousehold>,
+    #[serde(default)]
+    pub meter_agent: Option<RawAgent>,
+    #[serde(default)]
+    pub controller: Option<RawController>,
+    /// The clearing engine: `enabled`, `key_file`, and any key of the
+    /// engine's own configuration (`clearing::EngineConfig`).
+    #[serde(default)]
+    pub engine: Option<toml::Table>,
+    #[serde(default)]
+    pub dashboard: Option<RawDashboard>,
+    #[serde(default)]
+    pub home_assistant: Option<RawHomeAssistant>,
+}
+
+fn d_interval() -> u64 {
+    900_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBroker {
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password, in its own file (mode 0600), never in this one.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHousehold {
+    pub id: String,
+    /// The household's ed25519 key (hex); created on first start if missing.
+    pub key_file: PathBuf,
+    /// The clearing engine's public key, 64 hex digits.
+    pub engine_public_key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    #[serde(default)]
+    pub enabled: bool,
+    pub meter: String,
+    /// Modbus TCP address of the inverter/meter gateway.
+    pub modbus: String,
+    #[serde(default)]
+    pub inverter_unit: u8,
+    #[serde(default = "d_meter_unit")]
+    pub meter_unit: u8,
+    #[serde(default = "d_poll")]
+    pub poll_ms: u64,
+    #[serde(default = "d_outbox_max")]
+    pub outbox_max: u64,
+}
+
+fn d_meter_unit() -> u8 {
+    2
+}
+fn d_poll() -> u64 {
+    1_000
+}
+fn d_outbox_max() -> u64 {
+    1_000_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawController {
+    #[serde(default)]
+    pub enabled: bool,
+    /// µ/kWh.
+    pub min_sell_price: u64,
+    /// µ/kWh, grid fee included.
+    pub max_buy_price: u64,
+    #[serde(default = "d_feed_in")]
+    pub feed_in_tariff: u64,
+    #[serde(default = "d_retail")]
+    pub retail_tariff: u64,
+    /// Degrees north (negative south).
+    #[serde(default)]
+    pub latitude: Option<f64>,
+    /// Degrees east (negative west).
+    #[serde(default)]
+    pub longitude: Option<f64>,
+    #[serde(default)]
+    pub curtail: bool,
+    #[serde(default = "d_min_order")]
+    pub min_order_wh: u64,
+    #[serde(default)]
+    pub battery: Option<RawBattery>,
+}
+
+fn d_feed_in() -> u64 {
+    80_000
+}
+fn d_retail() -> u64 {
+    320_000
+}
+fn d_min_order() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBattery {
+    pub capacity_wh: u64,
+    pub reserve_wh: u64,
+    pub max_power_w: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDashboard {
+    #[serde(default)]
+    pub enabled: bool,
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHomeAssistant {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "d_ha_prefix")]
+    pub discovery_prefix: String,
+    /// Home Assistant's own broker (usually its Mosquitto add-on).
+    #[serde(default = "d_ha_host")]
+    pub host: String,
+    #[serde(default = "d_ha_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default = "d_ha_every")]
+    pub publish_every_ms: u64,
+}
+
+fn d_ha_prefix() -> String {
+    "homeassistant".into()
+}
+fn d_ha_host() -> String {
+    "127.0.0.1".into()
+}
+fn d_ha_port() -> u16 {
+    1883
+}
+fn d_ha_every() -> u64 {
+    10_000
+}
+
+// ------------------------------------------------------------ valid config
+
+/// The household's identity on the gateway.
+#[derive(Debug, Clone)]
+pub struct HouseholdIdentity {
+    pub id: HouseholdId,
+    pub key_file: PathBuf,
+    pub engine_key: ed25519_dalek::VerifyingKey,
+}
+
+/// The meter agent role, validated.
+#[derive(Debug, Clone)]
+pub struct AgentRole {
+    pub meter: MeterId,
+    pub modbus: SocketAddr,
+    pub inverter_unit: u8,
+    pub meter_unit: u8,
+    pub poll_ms: u64,
+    pub outbox_max: u64,
+}
+
+/// The controller role, validated.
+#[derive(Debug, Clone)]
+pub struct ControllerRole {
+    pub strategy: crate::strategy::StrategyParams,
+}
+
+/// The engine role, validated.
+#[derive(Debug, Clone)]
+pub struct EngineRole {
+    pub config: EngineConfig,
+    pub key_file: PathBuf,
+}
+
+/// Home Assistant discovery, validated.
+#[derive(Debug, Clone)]
+pub struct HomeAssistantRole {
+    pub discovery_prefix: String,
+    pub host: String,
+    pub port: u16,
+    pub security: BrokerSecurity,
+    pub publish_every_ms: u64,
+}
+
+/// A configuration that passed validation: every value is ready to use.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub file: PathBuf,
+    pub grid: GridId,
+    pub data_dir: PathBuf,
+    pub interval_ms: u64,
+    pub broker_host: String,
+    pub broker_port: u16,
+    pub security: BrokerSecurity,
+    pub household: Option<HouseholdIdentity>,
+    pub agent: Option<AgentRole>,
+    pub controller: Option<ControllerRole>,
+    pub engine: Option<EngineRole>,
+    pub dashboard: Option<SocketAddr>,
+    pub home_assistant: Option<HomeAssistantRole>,
+}
+
+impl GatewayConfig {
+    /// The enabled roles, for logs and `config check`.
+    pub fn roles(&self) -> Vec<&'static str> {
+        let mut r = Vec::new();
+        if self.agent.is_some() {
+            r.push("meter_agent");
+        }
+        if self.controller.is_some() {
+            r.push("controller");
+        }
+        if self.engine.is_some() {
+            r.push("engine");
+        }
+        if self.dashboard.is_some() {
+            r.push("dashboard");
+        }
+        if self.home_assistant.is_some() {
+            r.push("home_assistant");
+        }
+        r
+    }
+}
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(&text, path)?.validate(&text, path)
+}
+
+/// Parses the text of a configuration file (no validation yet).
+pub fn parse(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
+    toml::from_str::<RawConfig>(text).map_err(|e| {
+        let line = e.span().map(|s| line_at(text, s.start));
+        // serde names the offending key in the message for unknown and
+        // missing fields; for type errors the span points at the value, so
+        // the key is the text before `=` on that line.
+        let key = e
+            .span()
+            .and_then(|s| {
+                let line_start = text[..s.start.min(text.len())]
+                    .rfind('\n')
+                    .map_or(0, |i| i + 1);
+                let rest = &text[line_start..];
+                let l = rest.lines().next().unwrap_or("");
+                l.split_once('=').map(|(k, _)| k.trim().to_owned())
+            })
+            .unwrap_or_default();
+        let section = e
+            .span()
+            .map(|s| section_at(text, s.start))
+            .unwrap_or_default();
+        let key = match (section.is_empty(), key.is_empty()) {
+            (_, true) => section,
+            (true, false) => key,
+            (false, false) => format!("{section}.{key}"),
+        };
+        ConfigError {
+            file: path.to_owned(),
+            line,
+            key,
+            message: e.message().trim().to_owned(),
+        }
+    })
+}
+
+/// 1-based line of byte offset `at`.
+fn line_at(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The `[section]` header in force at byte offset `at`.
+fn section_at(text: &str, at: usize) -> String {
+    let mut section = String::new();
+    let mut pos = 0;
+    for l in text.split_inclusive('\n') {
+        if pos > at {
+            break;
+        }
+        let t = l.trim();
+        if t.starts_with('[') && !t.starts_with("[[") {
+            section = t.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+        }
+        pos += l.len();
+    }
+    section
+}
+
+/// The line of dotted `key` in the file: its own line if written there, else
+/// its section's header.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let (section, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+    let mut current = String::new();
+    let mut section_line = None;
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            current = t.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+            if current == section {
+                section_line = Some(i + 1);
+            }
+            continue;
+        }
+        if current == section && t.split_once('=').is_some_and(|(k, _)| k.trim() == leaf) {
+            return Some(i + 1);
+        }
+    }
+    section_line
+}
+
+impl RawConfig {
+    /// Checks every value; the first problem is returned, naming its key.
+    pub fn validate(self, text: &str, path: &Path) -> Result<GatewayConfig, ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            file: path.to_owned(),
+            line: line_of(text, key),
+            key: key.to_owned(),
+            message,
+        };
+        let grid = GridId::new(self.grid.clone()).map_err(|e| err("grid", e.to_string()))?;
+        if self.interval_ms < 60_000 || 86_400_000 % self.interval_ms != 0 {
+            return Err(err(
+                "interval_ms",
+                "must be at least 60000 and divide a day".into(),
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(err("data_dir", "must not be empty".into()));
+        }
+
+        // Broker.
+        let b = &self.broker;
+        if b.host.trim().is_empty() {
+            return Err(err("broker.host", "must not be empty".into()));
+        }
+        if b.port == 0 {
+            return Err(err("broker.port", "must be 1 to 65535".into()));
+        }
+        let tls = if b.tls {
+            let ca = b
+                .ca_file
+                .clone()
+                .ok_or_else(|| err("broker.ca_file", "required with tls = true".into()))?;
+            let client = match (&b.cert_file, &b.key_file) {
+                (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(err(
+                        "broker.key_file",
+                        "required with broker.cert_file".into(),
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(err(
+                        "broker.cert_file",
+                        "required with broker.key_file".into(),
+                    ));
+                }
+            };
+            Some(TlsFiles {
+                ca_file: ca,
+                client,
+            })
+        } else {
+            for k in ["ca_file", "cert_file", "key_file"] {
+                let set = match k {
+                    "ca_file" => b.ca_file.is_some(),
+                    "cert_file" => b.cert_file.is_some(),
+                    _ => b.key_file.is_some(),
+                };
+                if set {
+                    return Err(err(
+                        &format!("broker.{k}"),
+                        "only meaningful with broker.tls = true".into(),
+                    ));
+                }
+            }
+            None
+        };
+        let credentials = read_credentials(&b.username, &b.password_file, "broker", &err)?;
+        if credentials.is_none()
+            && tls.as_ref().is_none_or(|t| t.client.is_none())
+            && !is_loopback(&b.host)
+        {
+            return Err(err(
+                "broker.tls",
+                format!(
+                    "a broker on {} needs credentials: a client certificate or username/password",
+                    b.host
+                ),
+            ));
+        }
+        let security = BrokerSecurity { tls, credentials };
+        security.rustls_config().map_err(|e| {
+            let key = match &e {
+                TlsError::File { path, .. } if Some(path) == b.ca_file.as_ref() => "broker.ca_file",
+                TlsError::File { path, .. } if Some(path) == b.cert_file.as_ref() => {
+                    "broker.cert_file"
+                }
+                TlsError::File { .. } => "broker.key_file",
+                TlsError::Rustls(_) => "broker.key_file",
+            };
+            err(key, e.to_string())
+        })?;
+
+        let enabled = |e: bool| e;
+        let agent_on = self
+            .meter_agent
+            .as_ref()
+            .is_some_and(|a| enabled(a.enabled));
+        let ctl_on = self.controller.as_ref().is_some_and(|c| enabled(c.enabled));
+
+        // Household identity, needed by the household roles.
+        let household = match (&self.household, agent_on || ctl_on) {
+            (Some(h), _) => {
+                let id = HouseholdId::new(h.id.clone())
+                    .map_err(|e| err("household.id", e.to_string()))?;
+                let mut bytes = [0u8; 32];
+                hex::decode_to_slice(h.engine_public_key.trim(), &mut bytes).map_err(|_| {
+                    err(
+                        "household.engine_public_key",
+                        "must be 64 hex digits".into(),
+                    )
+                })?;
+                let engine_key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| {
+                    err(
+                        "household.engine_public_key",
+                        "not a valid ed25519 public key".into(),
+                    )
+                })?;
+                if h.key_file.as_os_str().is_empty() {
+                    return Err(err("household.key_file", "must not be empty".into()));
+                }
+                Some(HouseholdIdentity {
+                    id,
+                    key_file: h.key_file.clone(),
+                    engine_key,
+                })
+            }
+            (None, true) => {
+                return Err(err(
+                    "household",
+                    "required by meter_agent and controller".into(),
+                ));
+            }
+            (None, false) => None,
+        };
+
+        let agent = match &self.meter_agent {
+            Some(a) if a.enabled => {
+                let meter = MeterId::new(a.meter.clone())
+                    .map_err(|e| err("meter_agent.meter", e.to_string()))?;
+                let modbus: SocketAddr = a.modbus.parse().map_err(|_| {
+                    err(
+                        "meter_agent.modbus",
+                        format!("{:?} is not an IP:PORT address", a.modbus),
+                    )
+                })?;
+                if a.meter_unit == 0 || a.meter_unit > 247 {
+                    return Err(err(
+                        "meter_agent.meter_unit",
+                        "must be a Modbus unit id 1 to 247".into(),
+                    ));
+                }
+                if a.inverter_unit > 247 {
+                    return Err(err(
+                        "meter_agent.inverter_unit",
+                        "must be 0 (none) or 1 to 247".into(),
+                    ));
+                }
+                if a.poll_ms < 100 {
+                    return Err(err("meter_agent.poll_ms", "must be at least 100".into()));
+                }
+                if a.outbox_max == 0 {
+                    return Err(err("meter_agent.outbox_max", "must be positive".into()));
+                }
+                Some(AgentRole {
+                    meter,
+                    modbus,
+                    inverter_unit: a.inverter_unit,
+                    meter_unit: a.meter_unit,
+                    poll_ms: a.poll_ms,
+                    outbox_max: a.outbox_max,
+                })
+            }
+            _ => None,
+        };
+
+        let controller = match &self.controller {
+            Some(c) if c.enabled => Some(ControllerRole {
+                strategy: strategy_params(c, self.interval_ms, &err)?,
+            }),
+            _ => None,
+        };
+
+        let engine = match &self.engine {
+            Some(t)
+                if t.get("enabled")
+                    .and_then(toml::Value::as_bool)
+                    .unwrap_or(false) =>
+            {
+                Some(engine_role(t, &grid, &self, &err)?)
+            }
+            Some(t) => {
+                if let Some(v) = t.get("enabled").filter(|v| !v.is_bool()) {
+                    return Err(err(
+                        "engine.enabled",
+                        format!("expected true or false, found {v}"),
+                    ));
+                }
+                None
+            }
+            None => None,
+        };
+
+        let dashboard = match &self.dashboard {
+            Some(d) if d.enabled => {
+                let addr: SocketAddr = d.listen.parse().map_err(|_| {
+                    err(
+                        "dashboard.listen",
+                        format!("{:?} is not an IP:PORT address", d.listen),
+                    )
+                })?;
+                if engine.is_none() {
+                    return Err(err(
+                        "dashboard.enabled",
+                        "the dashboard reads the clearing engine's database: enable [engine] on this gateway".into(),
+                    ));
+                }
+                Some(addr)
+            }
+            _ => None,
+        };
+
+        let home_assistant = match &self.home_assistant {
+            Some(h) if h.enabled => {
+                if household.is_none() {
+                    return Err(err(
+                        "home_assistant.enabled",
+                        "needs a [household] on this gateway".into(),
+                    ));
+                }
+                if h.discovery_prefix.is_empty() || h.discovery_prefix.contains(['+', '#']) {
+                    return Err(err(
+                        "home_assistant.discovery_prefix",
+                        "must be a plain topic prefix".into(),
+                    ));
+                }
+                if h.port == 0 {
+                    return Err(err("home_assistant.port", "must be 1 to 65535".into()));
+                }
+                if h.publish_every_ms < 1_000 {
+                    return Err(err(
+                        "home_assistant.publish_every_ms",
+                        "must be at least 1000".into(),
+                    ));
+                }
+                let credentials =
+                    read_credentials(&h.username, &h.password_file, "home_assistant", &err)?;
+                Some(HomeAssistantRole {
+                    discovery_prefix: h.discovery_prefix.clone(),
+                    host: h.host.clone(),
+                    port: h.port,
+                    security: BrokerSecurity {
+                        tls: None,
+                        credentials,
+                    },
+                    publish_every_ms: h.publish_every_ms,
+                })
+            }
+            _ => None,
+        };
+
+        let cfg = GatewayConfig {
+            file: path.to_owned(),
+            grid,
+            data_dir: self.data_dir.clone(),
+            interval_ms: self.interval_ms,
+            broker_host: b.host.clone(),
+            broker_port: b.port,
+            security,
+            household,
+            agent,
+            controller,
+            engine,
+            dashboard,
+            home_assistant,
+        };
+        if cfg.roles().is_empty() {
+            return Err(err(
+                "",
+                "no role is enabled (meter_agent, controller, engine, dashboard, home_assistant)"
+                    .into(),
+            ));
+        }
+        Ok(cfg)
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
+}
+
+fn read_credentials(
+    user: &Option<String>,
+    password_file: &Option<PathBuf>,
+    section: &str,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Option<(String, String)>, ConfigError> {
+    match (user, password_file) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(err(
+            &format!("{section}.password_file"),
+            "required with username".into(),
+        )),
+        (None, Some(_)) => Err(err(
+            &format!("{section}.username"),
+            "required with password_file".into(),
+        )),
+        (Some(u), Some(p)) => {
+            let pw = std::fs::read_to_string(p).map_err(|e| {
+                err(
+                    &format!("{section}.password_file"),
+                    format!("{}: {e}", p.display()),
+                )
+            })?;
+            let pw = pw.trim_end_matches(['\n', '\r']).to_owned();
+            if pw.is_empty() {
+                return Err(err(
+                    &format!("{section}.password_file"),
+                    format!("{} is empty", p.display()),
+                ));
+            }
+            Ok(Some((u.clone(), pw)))
+        }
+    }
+}
+
+fn strategy_params(
+    c: &RawController,
+    interval_ms: u64,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<crate::strategy::StrategyParams, ConfigError> {
+    if c.feed_in_tariff > c.retail_tariff {
+        return Err(err(
+            "controller.feed_in_tariff",
+            "must not exceed controller.retail_tariff".into(),
+        ));
+    }
+    if c.min_sell_price > c.retail_tariff {
+        return Err(err(
+            "controller.min_sell_price",
+            format!(
+                "{} is above the retail tariff {}: nobody would ever buy",
+                c.min_sell_price, c.retail_tariff
+            ),
+        ));
+    }
+    if c.max_buy_price < c.feed_in_tariff {
+        return Err(err(
+            "controller.max_buy_price",
+            format!(
+                "{} is below the feed-in tariff {}: no neighbour would ever sell",
+                c.max_buy_price, c.feed_in_tariff
+            ),
+        ));
+    }
+    let location = match (c.latitude, c.longitude) {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(err(
+                "controller.longitude",
+                "required with controller.latitude".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(err(
+                "controller.latitude",
+                "required with controller.longitude".into(),
+            ));
+        }
+        (Some(lat), Some(lon)) => {
+            if !(-90.0..=90.0).contains(&lat) {
+                return Err(err(
+                    "controller.latitude",
+                    format!("{lat} is not within -90 to 90 degrees"),
+                ));
+            }
+            if !(-180.0..=180.0).contains(&lon) {
+                return Err(err(
+                    "controller.longitude",
+                    format!("{lon} is not within -180 to 180 degrees"),
+                ));
+            }
+            // In range, so the conversion cannot overflow.
+            Some(Location {
+                lat_millideg: (lat * 1000.0).round() as i32,
+                lon_millideg: (lon * 1000.0).round() as i32,
+            })
+        }
+    };
+    let battery = match c.battery {
+        None => None,
+        Some(b) => {
+            if b.capacity_wh == 0 {
+                return Err(err(
+                    "controller.battery.capacity_wh",
+                    "must be positive".into(),
+                ));
+            }
+            if b.reserve_wh > b.capacity_wh {
+                return Err(err(
+                    "controller.battery.reserve_wh",
+                    "must not exceed capacity_wh".into(),
+                ));
+            }
+            if b.max_power_w == 0 {
+                return Err(err(
+                    "controller.battery.max_power_w",
+                    "must be positive".into(),
+                ));
+            }
+            Some(BatteryParams {
+                capacity_wh: b.capacity_wh,
+                reserve_wh: b.reserve_wh,
+                max_power_w: b.max_power_w,
+            })
+        }
+    };
+    Ok(crate::strategy::StrategyParams {
+        min_sell_price: MicroPerKwh(c.min_sell_price),
+        max_buy_price: MicroPerKwh(c.max_buy_price),
+        feed_in_tariff: MicroPerKwh(c.feed_in_tariff),
+        retail_tariff: MicroPerKwh(c.retail_tariff),
+        interval_ms,
+        min_order_wh: c.min_order_wh,
+        window_ms: interval_ms / 3,
+        location,
+        battery,
+        curtail: c.curtail,
+    })
+}
+
+fn engine_role(
+    table: &toml::Table,
+    grid: &GridId,
+    raw: &RawConfig,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<EngineRole, ConfigError> {
+    let mut t = table.clone();
+    t.remove("enabled");
+    let key_file = match t.remove("key_file") {
+        Some(toml::Value::String(s)) if !s.is_empty() => PathBuf::from(s),
+        Some(_) => return Err(err("engine.key_file", "must be a file path".into())),
+        None => {
+            return Err(err(
+                "engine.key_file",
+                "required with engine.enabled = true".into(),
+            ));
+        }
+    };
+    // The gateway's own grid, interval and broker unless the section overrides them.
+    let defaults: [(&str, toml::Value); 4] = [
+        ("grid", toml::Value::String(grid.to_string())),
+        (
+            "interval_ms",
+            toml::Value::Integer(i64::try_from(raw.interval_ms).unwrap_or(i64::MAX)),
+        ),
+        ("broker_host", toml::Value::String(raw.broker.host.clone())),
+        (
+            "broker_port",
+            toml::Value::Integer(i64::from(raw.broker.port)),
+        ),
+    ];
+    for (k, v) in defaults {
+        t.entry(k.to_owned()).or_insert(v);
+    }
+    if !t.contains_key("db_path") {
+        let db = raw.data_dir.join("engine.db");
+        t.insert(
+            "db_path".into(),
+            toml::Value::String(db.display().to_string()),
+        );
+    }
+    let config: EngineConfig = t.try_into().map_err(|e: toml::de::Error| {
+        // serde's message names the field ("unknown field `x`"); point at the section.
+        let msg = e.message().trim().to_owned();
+        let key = msg
+            .split('`')
+            .nth(1)
+            .map(|k| format!("engine.{k}"))
+            .unwrap_or_else(|| "engine".to_owned());
+        err(&key, msg)
+    })?;
+    config.validate().map_err(|e| match &e {
+        clearing::ConfigError::Invalid { key, why } => err(&format!("engine.{key}"), why.clone()),
+        clearing::ConfigError::BadKey { .. } => err("engine.households.public_key", e.to_string()),
+    })?;
+    Ok(EngineRole { config, key_file })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENGINE_PK: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
+    fn good() -> String {
+        format!(
+            r#"
+grid = "lindenweg"
+data_dir = "/var/lib/voltshare"
+
+[broker]
+host = "127.0.0.1"
+port = 1883
+
+[household]
+id = "h07"
+key_file = "/var/lib/voltshare/household.key"
+engine_public_key = "{ENGINE_PK}"
+
+[meter_agent]
+enabled = true
+meter = "h07-main"
+modbus = "192.168.1.50:502"
+inverter_unit = 1
+
+[controller]
+enabled = true
+min_sell_price = 100000
+max_buy_price = 300000
+latitude = 51.45
+longitude = 7.01
+"#
+        )
+    }
+
+    fn check(text: &str) -> Result<GatewayConfig, ConfigError> {
+        let p = Path::new("gw.toml");
+        parse(text, p)?.validate(text, p)
+    }
+
+    #[test]
+    fn good_config_validates() {
+        let cfg = check(&good()).expect("valid");
+        assert_eq!(cfg.roles(), vec!["meter_agent", "controller"]);
+        let s = cfg.controller.expect("controller").strategy;
+        assert_eq!(
+            s.location,
+            Some(Location {
+                lat_millideg: 51_450,
+                lon_millideg: 7_010
+            })
+        );
+        assert_eq!(s.window_ms, 300_000);
+    }
+
+    /// (edit of the good file, expected key, expected line, words in the message).
+    #[test]
+    fn table_errors_name_the_key() {
+        let cases: Vec<(&str, &str, &str, Option<usize>, &str)> = vec![
+            (
+                "max_buy_price = 300000",
+                "max_buy_pric = 300000",
+                "controller.max_buy_pric",
+                Some(23),
+                "unknown field `max_buy_pric`",
+            ),
+            (
+                "port = 1883",
+                "port = \"x\"",
+                "broker.port",
+                Some(7),
+                "invalid type",
+            ),
+            (
+                "max_buy_price = 300000",
+                "max_buy_price = 1000",
+                "controller.max_buy_price",
+                Some(23),
+                "below the feed-in",
+            ),
+            (
+                "latitude = 51.45",
+                "latitude = 151.45",
+                "controller.latitude",
+                Some(24),
+                "-90 to 90",
+            ),
+            (
+                "modbus = \"192.168.1.50:502\"",
+                "modbus = \"gateway\"",
+                "meter_agent.modbus",
+                Some(17),
+                "IP:PORT",
+            ),
+            (
+                "id = \"h07\"",
+                "id = \"h 07\"",
+                "household.id",
+                Some(10),
+                "",
+            ),
+            (
+                ENGINE_PK,
+                "abc",
+                "household.engine_public_key",
+                Some(12),
+                "64 hex digits",
+            ),
+            (
+                "port = 1883",
+                "port = 1883\ntls = true",
+                "broker.ca_file",
+                Some(5),
+                "required with tls",
+            ),
+            (
+                "host = \"127.0.0.1\"",
+                "host = \"mqtt.example.org\"",
+                "broker.tls",
+                Some(5),
+                "needs credentials",
+            ),
+        ];
+        for (from, to, key, line, words) in cases {
+            let text = good().replacen(from, to, 1);
+            let e = check(&text).expect_err(to);
+            assert_eq!(e.key, key, "{to}: {e}");
+            assert_eq!(e.line, line, "{to}: {e}");
+            assert!(e.message.contains(words), "{to}: {e}");
+            assert!(e.to_string().starts_with("gw.toml:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn engine_section_uses_engine_rules() {
+        let text = format!(
+            "{}\n[engine]\nenabled = true\nkey_file = \"/var/lib/voltshare/engine.key\"\ninterval_ms = 0\n",
+            good()
+        );
+        let e = check(&text).expect_err("interval 0");
+        assert_eq!(e.key, "engine.interval_ms", "{e}");
+        let text = format!(
+            "{}\n[engine]\nenabled = true\nkey_file = \"k\"\nbogus = 1\n",
+            good()
+        );
+        assert_eq!(check(&text).expect_err("unknown").key, "engine.bogus");
+        let text = format!(
+            "{}\n[engine]\nenabled = true\nkey_file = \"k\"\n[dashboard]\nenabled = true\nlisten = \"127.0.0.1:8080\"\n",
+            good()
+        );
+        let cfg = check(&text).expect("engine + dashboard");
+        assert_eq!(
+            cfg.engine.expect("engine").config.db_path,
+            PathBuf::from("/var/lib/voltshare/engine.db")
+        );
+        let text = format!(
+            "{}\n[dashboard]\nenabled = true\nlisten = \"127.0.0.1:8080\"\n",
+            good()
+        );
+        assert_eq!(
+            check(&text).expect_err("no engine").key,
+            "dashboard.enabled"
+        );
+    }
+}

@@ -1,0 +1,307 @@
+//! `voltshare run --config FILE`: the roles a gateway's configuration
+//! enables, composed in one process.
+//!
+//! Order of start-up, and why: the configuration has already been validated
+//! (nothing is bound before that); then the keys are loaded or created; then
+//! the dashboard's port is bound (a taken port stops everything before any
+//! other role has started); then the clearing engine, the meter agent, the
+//! controller and Home Assistant discovery start, in that order, so that the
+//! engine is listening before this gateway's own readings arrive.
+//!
+//! The controller connects to the broker with TLS itself (rustls, `ring`).
+//! The meter agent and the engine take only a host and a port for now, so
+//! when the broker wants TLS the gateway gives them a relay: a loopback-only
+//! listener that wraps each of their connections in TLS with the gateway's
+//! client certificate. The broker sees the gateway's certificate identity on
+//! every connection, which is what its ACLs key on. (The relay goes away once
+//! those crates accept [`BrokerSecurity`] themselves.)
+
+use crate::config::{BrokerSecurity, GatewayConfig};
+use crate::household::{ControllerConfig, ControllerStats, run_controller};
+use anyhow::{Context, anyhow};
+use meter_agent::{AgentConfig, AgentStats, run_agent};
+use protocol::{Clock, GridId};
+use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+/// Starts a loopback TLS relay to `host:port`; returns its address.
+pub async fn start_tls_relay(
+    host: &str,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .context("TLS relay: binding a loopback port")?;
+    let addr = listener.local_addr()?;
+    let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| anyhow!("broker host {host:?} is not a valid TLS server name: {e}"))?;
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let host = host.to_owned();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut inbound, peer) = tokio::select! {
+                _ = shutdown.changed() => return,
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => { warn!(error = %e, "TLS relay accept failed"); continue; }
+                },
+            };
+            let (connector, name, host) = (connector.clone(), server_name.clone(), host.clone());
+            tokio::spawn(async move {
+                let outbound = match TcpStream::connect((host.as_str(), port)).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        debug!(%peer, error = %e, "TLS relay: broker unreachable");
+                        return;
+                    }
+                };
+                let _ = outbound.set_nodelay(true);
+                let _ = inbound.set_nodelay(true);
+                match connector.connect(name, outbound).await {
+                    Ok(mut tls) => {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut tls).await;
+                    }
+                    Err(e) => {
+                        warn!(%peer, error = %e, "TLS relay: handshake with the broker failed")
+                    }
+                }
+            });
+        }
+    });
+    Ok((addr, task))
+}
+
+/// Publishes `online` (retained) on the node's status topic, with an
+/// `offline` last will, and keeps the connection alive until shutdown.
+async fn run_status(
+    grid: GridId,
+    node: String,
+    host: String,
+    port: u16,
+    security: BrokerSecurity,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let topic = protocol::Topic::Status {
+        grid: grid.clone(),
+        node: node.clone(),
+    }
+    .to_string();
+    let mut opts = MqttOptions::new(format!("vs-status-{grid}-{node}"), host, port);
+    opts.set_keep_alive(Duration::from_secs(15));
+    opts.set_last_will(LastWill::new(&topic, "offline", QoS::AtLeastOnce, true));
+    if let Err(e) = security.apply(&mut opts) {
+        warn!(error = %e, "status publisher: TLS setup failed");
+        return;
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 8);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                let _ = client.publish(&topic, QoS::AtLeastOnce, true, "offline").await;
+                let _ = tokio::time::timeout(Duration::from_millis(500), async { while eventloop.poll().await.is_ok() {} }).await;
+                let _ = client.disconnect().await;
+                return;
+            }
+            ev = eventloop.poll() => match ev {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    info!(%topic, "connected to the broker");
+                    let _ = client.try_publish(&topic, QoS::AtLeastOnce, true, "online");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "broker connection failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs the enabled roles until `shutdown` turns true.
+pub async fn run_gateway(
+    cfg: GatewayConfig,
+    clock: Arc<dyn Clock>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let household_key = match &cfg.household {
+        Some(h) => Some(
+            crate::keys::load_or_create(&h.key_file)
+                .with_context(|| format!("household key {}", h.key_file.display()))?,
+        ),
+        None => None,
+    };
+    let engine_key = match &cfg.engine {
+        Some(e) => Some(
+            crate::keys::load_or_create(&e.key_file)
+                .with_context(|| format!("engine key {}", e.key_file.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(k) = &household_key {
+        info!(public_key = %hex::encode(k.verifying_key().as_bytes()), "household key (enrol it with the clearing host)");
+    }
+
+    // Bind the dashboard before anything else runs.
+    let dashboard = match cfg.dashboard {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("dashboard.listen {addr}"))?,
+        ),
+        None => None,
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+
+    // Where the roles without TLS support connect.
+    let plain_broker = match cfg.security.rustls_config().map_err(|e| anyhow!("{e}"))? {
+        Some(tls) if cfg.agent.is_some() || cfg.engine.is_some() => {
+            let (addr, task) =
+                start_tls_relay(&cfg.broker_host, cfg.broker_port, tls, stop_rx.clone()).await?;
+            tasks.push(task);
+            (addr.ip().to_string(), addr.port())
+        }
+        _ => (cfg.broker_host.clone(), cfg.broker_port),
+    };
+
+    let node = cfg
+        .household
+        .as_ref()
+        .map_or_else(|| "engine".to_owned(), |h| h.id.to_string());
+    tasks.push(tokio::spawn(run_status(
+        cfg.grid.clone(),
+        node,
+        cfg.broker_host.clone(),
+        cfg.broker_port,
+        cfg.security.clone(),
+        stop_rx.clone(),
+    )));
+
+    let engine = match (&cfg.engine, engine_key) {
+        (Some(e), Some(key)) => {
+            let mut ecfg = e.config.clone();
+            ecfg.broker_host = plain_broker.0.clone();
+            ecfg.broker_port = plain_broker.1;
+            Some(
+                clearing::engine::start_engine(ecfg, key, clock.clone())
+                    .await
+                    .context("starting the clearing engine")?,
+            )
+        }
+        _ => None,
+    };
+
+    let (latest_tx, latest_rx) = watch::channel(None);
+    let ctl_stats = Arc::new(ControllerStats::default());
+    if let (Some(a), Some(h), Some(key)) = (&cfg.agent, &cfg.household, &household_key) {
+        let acfg = AgentConfig {
+            grid: cfg.grid.clone(),
+            household: h.id.clone(),
+            meter: a.meter.clone(),
+            modbus: a.modbus,
+            inverter_unit: a.inverter_unit,
+            meter_unit: a.meter_unit,
+            poll_every: Duration::from_millis(a.poll_ms),
+            outbox_path: cfg.data_dir.join(format!("outbox-{}.db", a.meter)),
+            outbox_max: a.outbox_max,
+            broker_host: plain_broker.0.clone(),
+            broker_port: plain_broker.1,
+            engine_key: h.engine_key,
+            resend_after: Duration::from_secs(30),
+        };
+        let (k, c, s, stats) = (
+            key.clone(),
+            clock.clone(),
+            stop_rx.clone(),
+            Arc::new(AgentStats::default()),
+        );
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = run_agent(acfg, k, c, s, latest_tx, stats).await {
+                warn!(error = %e, "meter agent stopped");
+            }
+        }));
+    }
+    if let (Some(c), Some(h), Some(key)) = (&cfg.controller, &cfg.household, &household_key) {
+        let ccfg = ControllerConfig {
+            grid: cfg.grid.clone(),
+            household: h.id.clone(),
+            broker_host: cfg.broker_host.clone(),
+            broker_port: cfg.broker_port,
+            strategy: c.strategy,
+            place_at_permille: 500,
+            engine_key: h.engine_key,
+            security: cfg.security.clone(),
+            export_price_now: None,
+        };
+        let (k, cl, s, r, st) = (
+            key.clone(),
+            clock.clone(),
+            stop_rx.clone(),
+            latest_rx.clone(),
+            ctl_stats.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = run_controller(ccfg, k, cl, r, s, st).await {
+                warn!(error = %e, "controller stopped");
+            }
+        }));
+    }
+    if let (Some(ha), Some(h)) = (&cfg.home_assistant, &cfg.household) {
+        tasks.push(tokio::spawn(crate::ha::run_home_assistant(
+            ha.clone(),
+            cfg.grid.clone(),
+            h.id.clone(),
+            clock.clone(),
+            latest_rx.clone(),
+            ctl_stats.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    if let (Some(listener), Some(engine)) = (dashboard, &engine) {
+        let mut state =
+            web::AppState::new(engine.read_model(), cfg.grid.to_string(), cfg.interval_ms);
+        state.clock = clock.clone();
+        let app = web::app(state);
+        let mut web_stop = stop_rx.clone();
+        info!(addr = %listener.local_addr()?, "dashboard listening");
+        tasks.push(tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = web_stop.changed().await;
+            });
+            if let Err(e) = serve.await {
+                warn!(error = %e, "dashboard stopped");
+            }
+        }));
+    }
+
+    info!(grid = %cfg.grid, roles = ?cfg.roles(), config = %cfg.file.display(), "gateway running");
+    let mut shutdown = shutdown;
+    let _ = shutdown.changed().await;
+    info!("stopping the gateway");
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        if tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .is_err()
+        {
+            warn!("a role did not stop in time");
+        }
+    }
+    if let Some(e) = engine {
+        e.shutdown()
+            .await
+            .map_err(|e| anyhow!("stopping the engine: {e}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,379 @@
+//! The meter subcommands of `voltshare`: `scan` (find Modbus devices and
+//! print a ready config snippet), `proxy` (share one Modbus TCP device or RS-485
+//! bus between several clients) and `bench agent` (memory, CPU and read rate
+//! of the meter agent).
+//!
+//! `bench agent` measures the agent in its own process: it re-runs this
+//! binary as `voltshare bench agent --child …`, which runs only the meter
+//! agent (polling two simulated devices at 1 Hz, signing, storing in the
+//! outbox and publishing to the broker), and samples the child's
+//! `/proc/PID/status` (VmRSS, VmHWM) and `/proc/PID/stat` (utime + stime).
+
+use crate::cli::CliError;
+use clap::Args;
+use meter_agent::capability::GridMeter;
+use meter_agent::link::{Link, Transport};
+use meter_agent::regmap::{MappedDevice, shipped};
+use meter_agent::simulator::{INVERTER_UNIT, METER_UNIT, SimUnit, spawn_devices};
+use meter_agent::sunspec_dev::SunSpecDevice;
+use meter_agent::{AgentConfig, AgentStats, SimHousehold, run_agent};
+use protocol::{Clock, GridId, HouseholdId, MeterId, Stopwatch, SystemClock};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Runtime(e.into()))
+}
+
+fn transport(
+    host: Option<&str>,
+    port: u16,
+    serial: Option<&PathBuf>,
+    baud: u32,
+) -> Result<Transport, CliError> {
+    match (host, serial) {
+        (Some(h), None) => {
+            let addr = (h, port)
+                .to_socket_addrs()
+                .map_err(|e| CliError::Usage(format!("--host {h:?}: {e}")))?
+                .next()
+                .ok_or_else(|| CliError::Usage(format!("--host {h:?}: no address")))?;
+            Ok(Transport::Tcp(addr))
+        }
+        (None, Some(p)) => Ok(Transport::Rtu {
+            path: p.clone(),
+            baud,
+        }),
+        _ => Err(CliError::Usage(
+            "give either --host (Modbus TCP) or --serial (Modbus RTU)".into(),
+        )),
+    }
+}
+
+/// `voltshare scan`.
+#[derive(Args, Debug, Clone)]
+pub struct ScanArgs {
+    /// Modbus TCP host (a device or a gateway).
+    #[arg(long, conflicts_with = "serial")]
+    pub host: Option<String>,
+    #[arg(long, default_value_t = 502)]
+    pub port: u16,
+    /// Serial port of an RS-485 adapter (Modbus RTU, 8N1).
+    #[arg(long)]
+    pub serial: Option<PathBuf>,
+    #[arg(long, default_value_t = 9600)]
+    pub baud: u32,
+    /// Only this unit id (default: 1 to 247).
+    #[arg(long)]
+    pub unit: Option<u8>,
+    /// Per-request timeout in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout_ms: u64,
+}
+
+/// Scans unit ids, prints what answers and a config snippet.
+pub fn scan(a: ScanArgs) -> Result<(), CliError> {
+    let t = transport(a.host.as_deref(), a.port, a.serial.as_ref(), a.baud)?;
+    let units: Vec<u8> = match a.unit {
+        Some(u) => vec![u],
+        None => (1..=247).collect(),
+    };
+    let rt = runtime()?;
+    let out = rt.block_on(scan_units(t, units, Duration::from_millis(a.timeout_ms)));
+    print!("{out}");
+    Ok(())
+}
+
+/// The scan itself, returning the report (for tests and the CLI).
+pub async fn scan_units(t: Transport, units: Vec<u8>, timeout: Duration) -> String {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let link = Link::new(t.clone(), timeout, clock);
+    let mut report = String::new();
+    let mut snippet = String::new();
+    for unit in units {
+        match SunSpecDevice::discover(&link, unit).await {
+            Ok(d) => {
+                let c = d.common.clone().unwrap_or_default();
+                report.push_str(&format!(
+                    "unit {unit}: SunSpec at {} models {:?} ({} {} serial {})\n",
+                    d.base,
+                    d.model_ids(),
+                    c.manufacturer,
+                    c.model,
+                    c.serial
+                ));
+                let role = if d.has_meter() {
+                    "grid"
+                } else if d.has_inverter() {
+                    "pv"
+                } else if d.has_storage() {
+                    "battery"
+                } else {
+                    continue;
+                };
+                snippet.push_str(&format!(
+                    "[devices.{role}]\ntransport = \"{t}\"\nunit = {unit}\nkind = \"sunspec\"\n\n"
+                ));
+            }
+            Err(_) => {
+                // Not SunSpec: does a shipped map's grid meter answer with
+                // plausible values?
+                for m in shipped() {
+                    let d = MappedDevice::new(link.clone(), unit, m.clone());
+                    if let Ok(v) = d.read_grid().await {
+                        report.push_str(&format!(
+                            "unit {unit}: answers like {} ({}): {} W, import {} Wh, export {} Wh\n",
+                            m.name, m.id, v.power.0, v.energy.import_wh.0, v.energy.export_wh.0
+                        ));
+                        snippet.push_str(&format!(
+                            "[devices.grid]\ntransport = \"{t}\"\nunit = {unit}\nkind = \"map:{}\"\n\n",
+                            m.id
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if snippet.is_empty() {
+        report.push_str("no device answered\n");
+    } else {
+        report.push_str("\n# config snippet for the meter agent\n");
+        report.push_str(&snippet);
+    }
+    report
+}
+
+/// `voltshare proxy`.
+#[derive(Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// Where clients connect.
+    #[arg(long, default_value = "0.0.0.0:5020")]
+    pub listen: SocketAddr,
+    /// The device (Modbus TCP) that accepts only one client.
+    #[arg(long, conflicts_with = "serial")]
+    pub host: Option<String>,
+    #[arg(long, default_value_t = 502)]
+    pub port: u16,
+    /// Or an RS-485 bus to share.
+    #[arg(long)]
+    pub serial: Option<PathBuf>,
+    #[arg(long, default_value_t = 9600)]
+    pub baud: u32,
+    #[arg(long, default_value_t = 1000)]
+    pub timeout_ms: u64,
+}
+
+/// Runs the proxy until Ctrl-C.
+pub fn proxy(a: ProxyArgs) -> Result<(), CliError> {
+    let t = transport(a.host.as_deref(), a.port, a.serial.as_ref(), a.baud)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let link = Link::new(
+            t,
+            Duration::from_millis(a.timeout_ms),
+            Arc::new(SystemClock),
+        );
+        let (addr, task) = meter_agent::proxy::spawn_proxy(a.listen, link)
+            .await
+            .map_err(|e| CliError::Usage(format!("--listen {}: {e}", a.listen)))?;
+        eprintln!("voltshare: modbus proxy on {addr}");
+        let _ = tokio::signal::ctrl_c().await;
+        task.abort();
+        Ok(())
+    })
+}
+
+/// `voltshare bench agent`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchAgentArgs {
+    /// Seconds of measurement (after a warm-up of 3 s).
+    #[arg(long, default_value_t = 20)]
+    pub secs: u64,
+    /// Seconds of each read-rate run.
+    #[arg(long, default_value_t = 3)]
+    pub rate_secs: u64,
+    /// MQTT broker (mqtt://HOST:PORT).
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+    pub broker: String,
+    /// Internal: run only the agent against this Modbus address.
+    #[arg(long, hide = true)]
+    pub child_modbus: Option<SocketAddr>,
+    #[arg(long, hide = true)]
+    pub child_dir: Option<PathBuf>,
+}
+
+fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn proc_cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; fields resume after the last ')'.
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': state is field 3 of the man page, utime 14, stime 15.
+    let ut: u64 = f.get(11)?.parse().ok()?;
+    let st: u64 = f.get(12)?.parse().ok()?;
+    Some(ut + st)
+}
+
+/// Runs the benchmark (or, with `--child-modbus`, the measured agent).
+pub fn bench_agent(a: BenchAgentArgs) -> Result<(), CliError> {
+    let (host, port) = crate::cli::parse_broker(&a.broker)?;
+    if let Some(modbus) = a.child_modbus {
+        return child(modbus, a.child_dir, host, port);
+    }
+    let rt = tokio::runtime::Runtime::new().map_err(|e| CliError::Runtime(e.into()))?;
+    let out = rt.block_on(async move {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let sim = spawn_devices(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            vec![
+                SimUnit::sunspec(INVERTER_UNIT, 40000, &[1, 103]),
+                SimUnit::sunspec(METER_UNIT, 40000, &[1, 203]),
+            ],
+            SimHousehold::from_seed(7),
+            Arc::clone(&clock),
+        )
+        .await
+        .map_err(|e| CliError::Runtime(e.into()))?;
+        let dir =
+            std::env::temp_dir().join(format!("voltshare-bench-agent-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| CliError::Runtime(e.into()))?;
+        let exe = std::env::current_exe().map_err(|e| CliError::Runtime(e.into()))?;
+        let mut child = tokio::process::Command::new(exe)
+            .args(["bench", "agent", "--broker", &a.broker, "--child-modbus"])
+            .arg(sim.addr.to_string())
+            .arg("--child-dir")
+            .arg(&dir)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| CliError::Runtime(e.into()))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| CliError::Runtime(anyhow::anyhow!("child exited")))?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let ticks0 = proc_cpu_ticks(pid);
+        let sw = Stopwatch::start();
+        let mut rss_max = 0u64;
+        while sw.elapsed() < Duration::from_secs(a.secs) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            rss_max = rss_max.max(proc_status_kb(pid, "VmRSS:").unwrap_or(0));
+        }
+        let ticks1 = proc_cpu_ticks(pid);
+        let wall = sw.elapsed().as_secs_f64();
+        let hwm = proc_status_kb(pid, "VmHWM:");
+        let _ = child.kill().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        // Linux reports CPU in USER_HZ ticks, 100 per second everywhere
+        // that matters (x86_64, aarch64).
+        let cpu_pct = match (ticks0, ticks1) {
+            (Some(a), Some(b)) => Some((b - a) as f64 / 100.0 / wall * 100.0),
+            _ => None,
+        };
+        // Read rate: the meter block of model 203 (up to TotWh_SF) through
+        // the agent's link and through the bare client, same simulator.
+        let link = Link::tcp(sim.addr, Duration::from_secs(1), Arc::clone(&clock));
+        let dev = SunSpecDevice::discover(&link, METER_UNIT)
+            .await
+            .map_err(|e| CliError::Runtime(e.into()))?;
+        let block = dev.models.iter().find(|b| b.id == 203).copied();
+        let (addr, qty) = block.map(|b| (b.addr, 55)).unwrap_or((40072, 55));
+        let d = Duration::from_secs(a.rate_secs);
+        let (raw_n, raw) = meter_agent::bench::raw_rate(sim.addr, METER_UNIT, addr, qty, d)
+            .await
+            .map_err(|e| CliError::Runtime(e.into()))?;
+        let (link_n, ours) = meter_agent::bench::link_rate(&link, METER_UNIT, addr, qty, d).await;
+        // Also through the full capability read (decode included).
+        let sw = Stopwatch::start();
+        let mut full = 0u64;
+        while sw.elapsed() < d {
+            if dev.read_grid().await.is_ok() {
+                full += 1;
+            }
+        }
+        let full_rate = full as f64 / sw.elapsed().as_secs_f64();
+        Ok::<_, CliError>(serde_json::json!({
+            "agent": {
+                "devices": 2,
+                "poll_hz": 1,
+                "window_secs": wall,
+                "rss_kb_max": rss_max,
+                "rss_kb_hwm": hwm,
+                "cpu_percent_of_one_core": cpu_pct,
+                "goal": {"rss_kb_max": 10240, "cpu_percent": 1.0},
+            },
+            "read_rate": {
+                "registers_per_request": qty,
+                "raw_tokio_modbus_per_s": raw,
+                "raw_requests": raw_n,
+                "voltshare_link_per_s": ours,
+                "link_requests": link_n,
+                "ratio": ours / raw.max(1e-9),
+                "read_grid_decoded_per_s": full_rate,
+                "goal_ratio": 0.8,
+            }
+        }))
+    })?;
+    println!("{out}");
+    Ok(())
+}
+
+/// The measured process: only the meter agent, on a current-thread runtime.
+fn child(
+    modbus: SocketAddr,
+    dir: Option<PathBuf>,
+    host: String,
+    port: u16,
+) -> Result<(), CliError> {
+    let dir = dir.unwrap_or_else(std::env::temp_dir);
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let key = ed25519_dalek::SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+        let engine = ed25519_dalek::SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+        let bad = |e: protocol::IdError| CliError::Runtime(anyhow::anyhow!("{e:?}"));
+        let grid = GridId::new(format!("bench{}", std::process::id())).map_err(bad)?;
+        let household = HouseholdId::new("h1").map_err(bad)?;
+        let meter = MeterId::new("m1").map_err(bad)?;
+        let cfg = AgentConfig {
+            grid,
+            household,
+            meter,
+            modbus,
+            inverter_unit: INVERTER_UNIT,
+            meter_unit: METER_UNIT,
+            poll_every: Duration::from_secs(1),
+            outbox_path: dir.join("outbox.db"),
+            outbox_max: 100_000,
+            broker_host: host,
+            broker_port: port,
+            engine_key: engine.verifying_key(),
+            resend_after: Duration::from_secs(60),
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let (latest, _) = tokio::sync::watch::channel(None);
+        run_agent(
+            cfg,
+            key,
+            Arc::new(SystemClock),
+            rx,
+            latest,
+            Arc::new(AgentStats::default()),
+        )
+        .await
+        .map_err(|e| CliError::Runtime(e.into()))
+    })
+}

@@ -1,0 +1,836 @@
+//! A Modbus device simulator (TCP and RTU) for tests and the demo: SunSpec
+//! devices with any of the supported models, and devices laid out by any
+//! register map, all reporting one simulated household (real irradiance and
+//! load data from [`crate::sim`]) at the injected clock's time.
+//!
+//! A simulator serves several unit ids ([`SimUnit`]); each is either a
+//! SunSpec device ([`SimKind::SunSpec`]: the `SunS` marker at a chosen base
+//! address, a chain of models laid out from the `sunspec` crate's point
+//! definitions and lengths, optionally with a model the crate does not know,
+//! then the end model) or a register-map device ([`SimKind::Map`]: each point
+//! encoded as its map describes, everything else reading as zero, as meters
+//! do). Inverter models carry the household's PV, meter models its grid
+//! connection (`+` import, `−` export), storage models its battery.
+//!
+//! Faults ([`UnitFaults`], per unit, switchable while running): a Modbus
+//! exception, silence (the request times out), slow answers, dropping every
+//! open connection, "not implemented" sentinels for power, and a counter
+//! reset (the device's counters restart from zero).
+//!
+//! Reads outside a SunSpec map are answered with `IllegalDataAddress`; a unit
+//! id nobody answers to gets `GatewayTargetDevice` over TCP and silence on an
+//! RTU bus, as a gateway and a bus would.
+//!
+//! [`spawn_simulator`] keeps the household layout of the demo: inverter
+//! (common + model 103) at unit 1 and grid meter (common + model 203) at
+//! unit 2, both at 40000.
+
+use crate::capability::sim_battery;
+use crate::link::Function;
+use crate::regmap::RegisterMap;
+use crate::sim::{HouseholdMeters, SimHousehold};
+use protocol::{Clock, UnixMs};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskCx, Poll};
+use std::time::Duration;
+use sunspec::models::{
+    model1, model101, model102, model103, model111, model112, model113, model124, model201,
+    model202, model203, model204, model211, model212, model213, model214,
+};
+use sunspec::{Group, Model};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_modbus::server::tcp::Server;
+use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
+use tracing::{debug, warn};
+
+/// Where the demo's SunSpec maps start.
+pub const SUNSPEC_BASE: u16 = 40000;
+/// Unit id of the demo's inverter.
+pub const INVERTER_UNIT: u8 = 1;
+/// Unit id of the demo's grid meter.
+pub const METER_UNIT: u8 = 2;
+/// A model id the `sunspec` crate does not know, for chain-walk tests.
+pub const UNKNOWN_MODEL_ID: u16 = 63_999;
+
+/// Switches of the demo layout: a failed device answers every request with
+/// `ServerDeviceFailure`.
+#[derive(Debug, Default)]
+pub struct SimFaults {
+    pub inverter_failed: AtomicBool,
+    pub meter_failed: AtomicBool,
+}
+
+/// Faults of one simulated unit.
+#[derive(Debug, Default)]
+pub struct UnitFaults {
+    /// Non-zero: answer every request with this exception code.
+    pub exception: AtomicU8,
+    /// Never answer (the client's request times out).
+    pub silent: AtomicBool,
+    /// Delay every answer by this many milliseconds.
+    pub slow_ms: AtomicU64,
+    /// Drop every open connection at the next request (one-shot).
+    pub disconnect: AtomicBool,
+    /// Report power as "not implemented" (0x8000, NaN, all ones).
+    pub not_implemented: AtomicBool,
+    reset_pending: AtomicBool,
+    /// Subtracted from (import, export, pv) after a reset.
+    offsets: Mutex<[u64; 3]>,
+}
+
+impl UnitFaults {
+    /// The device's counters restart from zero at its next answer.
+    pub fn reset_counters(&self) {
+        self.reset_pending.store(true, Ordering::SeqCst);
+    }
+    /// Clears every fault (a reset stays in effect).
+    pub fn clear(&self) {
+        self.exception.store(0, Ordering::SeqCst);
+        self.silent.store(false, Ordering::SeqCst);
+        self.slow_ms.store(0, Ordering::SeqCst);
+        self.disconnect.store(false, Ordering::SeqCst);
+        self.not_implemented.store(false, Ordering::SeqCst);
+    }
+}
+
+/// What a unit is.
+#[derive(Debug, Clone)]
+pub enum SimKind {
+    /// A SunSpec device: `SunS` at `base`, then `models` in order (ids from
+    /// [`crate::sunspec_dev::SUPPORTED_MODELS`]), with an unknown model of
+    /// `unknown_len` registers after the common model when given.
+    SunSpec {
+        base: u16,
+        models: Vec<u16>,
+        unknown_len: Option<u16>,
+    },
+    /// A register-map device.
+    Map(RegisterMap),
+}
+
+/// One unit id on the simulator.
+#[derive(Debug, Clone)]
+pub struct SimUnit {
+    pub unit: u8,
+    pub kind: SimKind,
+}
+
+impl SimUnit {
+    pub fn sunspec(unit: u8, base: u16, models: &[u16]) -> SimUnit {
+        SimUnit {
+            unit,
+            kind: SimKind::SunSpec {
+                base,
+                models: models.to_vec(),
+                unknown_len: None,
+            },
+        }
+    }
+    pub fn map(unit: u8, map: RegisterMap) -> SimUnit {
+        SimUnit {
+            unit,
+            kind: SimKind::Map(map),
+        }
+    }
+}
+
+/// The household's values at one instant, as the devices report them.
+#[derive(Debug, Clone, Copy)]
+struct Truth {
+    grid_w: i64,
+    pv_w: i64,
+    import_wh: u64,
+    export_wh: u64,
+    pv_wh: u64,
+    soc: u8,
+    battery_w: i64,
+}
+
+/// Builds a SunSpec register image: `SunS`, models, end model.
+struct MapBuilder {
+    regs: Vec<u16>,
+}
+
+impl MapBuilder {
+    fn new() -> MapBuilder {
+        MapBuilder {
+            regs: sunspec::SUNS_IDENTIFIER.to_vec(),
+        }
+    }
+    fn header(&mut self, id: u16, len: u16) -> usize {
+        self.regs.push(id);
+        self.regs.push(len);
+        let base = self.regs.len();
+        self.regs.resize(base + usize::from(len), 0);
+        base
+    }
+    fn model<M: Model + Group>(&mut self) -> usize {
+        self.header(M::ID, <M as Group>::LEN)
+    }
+    fn put(&mut self, base: usize, offset: u16, words: &[u16]) {
+        let start = base + usize::from(offset);
+        for (i, w) in words.iter().enumerate() {
+            if let Some(slot) = self.regs.get_mut(start + i) {
+                *slot = *w;
+            }
+        }
+    }
+    fn finish(mut self) -> Vec<u16> {
+        self.regs.push(0xFFFF);
+        self.regs.push(0);
+        self.regs
+    }
+}
+
+fn f32w(v: f64) -> [u16; 2] {
+    let b = (v as f32).to_bits();
+    [(b >> 16) as u16, b as u16]
+}
+
+fn u32w(v: u32) -> [u16; 2] {
+    [(v >> 16) as u16, v as u16]
+}
+
+/// `value` as an `i16` and a scale factor: `value ≈ v × 10^sf`.
+fn scaled_i16(value: i64) -> (i16, i16) {
+    let mut sf = 0i16;
+    let mut v = value;
+    while !(i64::from(i16::MIN) + 1..=i64::from(i16::MAX)).contains(&v) && sf < 9 {
+        sf += 1;
+        v = (value as f64 / 10f64.powi(i32::from(sf))).round() as i64;
+    }
+    (i16::try_from(v).unwrap_or(0), sf)
+}
+
+/// Counters as `u32` with one shared scale factor; exact below 4.29 GWh.
+fn scaled_u32_pair(a: u64, b: u64) -> (u32, u32, i16) {
+    let mut sf = 0i16;
+    let mut div = 1u64;
+    while a.max(b) / div > u64::from(u32::MAX - 1) && sf < 9 {
+        sf += 1;
+        div *= 10;
+    }
+    let cut = |x: u64| u32::try_from(x / div).unwrap_or(u32::MAX - 1);
+    (cut(a), cut(b), sf)
+}
+
+macro_rules! int_inverter {
+    ($b:expr, $m:ty, $t:expr, $na:expr) => {{
+        type I = $m;
+        let base = $b.model::<I>();
+        let (w, w_sf) = scaled_i16($t.pv_w);
+        let w = if $na { 0x8000 } else { w as u16 };
+        $b.put(base, I::W.offset, &[w]);
+        $b.put(base, I::W_SF.offset, &[w_sf as u16]);
+        let (wh, _, wh_sf) = scaled_u32_pair($t.pv_wh, 0);
+        $b.put(base, I::WH.offset, &u32w(wh));
+        $b.put(base, I::WH_SF.offset, &[wh_sf as u16]);
+        $b.put(base, I::HZ.offset, &[5000]);
+        $b.put(base, I::HZ_SF.offset, &[(-2i16) as u16]);
+        // 4 = MPPT, 2 = sleeping.
+        $b.put(base, I::ST.offset, &[if $t.pv_w > 0 { 4 } else { 2 }]);
+    }};
+}
+
+macro_rules! float_inverter {
+    ($b:expr, $m:ty, $t:expr, $na:expr) => {{
+        type I = $m;
+        let base = $b.model::<I>();
+        let w = if $na { f64::NAN } else { $t.pv_w as f64 };
+        $b.put(base, I::W.offset, &f32w(w));
+        $b.put(base, I::WH.offset, &f32w($t.pv_wh as f64));
+        $b.put(base, I::HZ.offset, &f32w(50.0));
+        $b.put(base, I::ST.offset, &[if $t.pv_w > 0 { 4 } else { 2 }]);
+    }};
+}
+
+macro_rules! int_meter {
+    ($b:expr, $m:ty, $t:expr, $na:expr) => {{
+        type M = $m;
+        let base = $b.model::<M>();
+        let (w, w_sf) = scaled_i16($t.grid_w);
+        let w = if $na { 0x8000 } else { w as u16 };
+        $b.put(base, M::W.offset, &[w]);
+        $b.put(base, M::W_SF.offset, &[w_sf as u16]);
+        let (imp, exp, sf) = scaled_u32_pair($t.import_wh, $t.export_wh);
+        $b.put(base, M::TOT_WH_IMP.offset, &u32w(imp));
+        $b.put(base, M::TOT_WH_EXP.offset, &u32w(exp));
+        $b.put(base, M::TOT_WH_SF.offset, &[sf as u16]);
+        $b.put(base, M::HZ.offset, &[5000]);
+        $b.put(base, M::V_SF.offset, &[(-1i16) as u16]);
+    }};
+}
+
+macro_rules! float_meter {
+    ($b:expr, $m:ty, $t:expr, $na:expr) => {{
+        type M = $m;
+        let base = $b.model::<M>();
+        let w = if $na { f64::NAN } else { $t.grid_w as f64 };
+        $b.put(base, M::W.offset, &f32w(w));
+        $b.put(base, M::TOT_WH_IMP.offset, &f32w($t.import_wh as f64));
+        $b.put(base, M::TOT_WH_EXP.offset, &f32w($t.export_wh as f64));
+        $b.put(base, M::HZ.offset, &f32w(50.0));
+    }};
+}
+
+/// The register image of a SunSpec unit (from its base address on).
+fn sunspec_image(
+    unit: u8,
+    models: &[u16],
+    unknown_len: Option<u16>,
+    t: &Truth,
+    na: bool,
+) -> Vec<u16> {
+    let mut b = MapBuilder::new();
+    for (i, id) in models.iter().enumerate() {
+        match id {
+            1 => {
+                type C = model1::Model1;
+                let base = b.model::<C>();
+                let s = |v: &str| sunspec::Value::encode(v.to_owned());
+                b.put(base, C::MN.offset, &s("Voltshare"));
+                b.put(
+                    base,
+                    C::MD.offset,
+                    &s(&format!(
+                        "VS-SIM-{}",
+                        models[1..]
+                            .iter()
+                            .map(u16::to_string)
+                            .collect::<Vec<_>>()
+                            .join("-")
+                    )),
+                );
+                b.put(base, C::SN.offset, &s(&format!("VS-U{unit}")));
+                b.put(base, C::DA.offset, &[u16::from(unit)]);
+            }
+            101 => int_inverter!(b, model101::Model101, t, na),
+            102 => int_inverter!(b, model102::Model102, t, na),
+            103 => int_inverter!(b, model103::Model103, t, na),
+            111 => float_inverter!(b, model111::Model111, t, na),
+            112 => float_inverter!(b, model112::Model112, t, na),
+            113 => float_inverter!(b, model113::Model113, t, na),
+            124 => {
+                type S = model124::Model124;
+                let base = b.model::<S>();
+                b.put(base, S::W_CHA_MAX.offset, &[3000]);
+                b.put(base, S::W_CHA_MAX_SF.offset, &[0]);
+                let soc = if na { 0xFFFF } else { u16::from(t.soc) * 10 };
+                b.put(base, S::CHA_STATE.offset, &[soc]);
+                b.put(base, S::CHA_STATE_SF.offset, &[(-1i16) as u16]);
+            }
+            201 => int_meter!(b, model201::Model201, t, na),
+            202 => int_meter!(b, model202::Model202, t, na),
+            203 => int_meter!(b, model203::Model203, t, na),
+            204 => int_meter!(b, model204::Model204, t, na),
+            211 => float_meter!(b, model211::Model211, t, na),
+            212 => float_meter!(b, model212::Model212, t, na),
+            213 => float_meter!(b, model213::Model213, t, na),
+            214 => float_meter!(b, model214::Model214, t, na),
+            other => warn!(
+                model = other,
+                "simulator has no layout for this model; skipped"
+            ),
+        }
+        if i == 0
+            && let Some(len) = unknown_len
+        {
+            // Garbage that would decode as nonsense if the walk did not skip
+            // it by its length.
+            let base = b.header(UNKNOWN_MODEL_ID, len);
+            let junk: Vec<u16> = (0..len).map(|i| 0xA5A5 ^ i).collect();
+            b.put(base, 0, &junk);
+        }
+    }
+    b.finish()
+}
+
+/// The register values of a map unit: (function, address) → word.
+fn map_image(map: &RegisterMap, t: &Truth, na: bool) -> BTreeMap<(u8, u16), u16> {
+    let mut out = BTreeMap::new();
+    for (name, p) in &map.points {
+        let v = match name.as_str() {
+            "grid_power_w" => t.grid_w as f64,
+            "import_wh" => t.import_wh as f64,
+            "export_wh" => t.export_wh as f64,
+            "pv_power_w" => t.pv_w as f64,
+            "pv_energy_wh" => t.pv_wh as f64,
+            "battery_soc_pct" => f64::from(t.soc),
+            "battery_power_w" => t.battery_w as f64,
+            _ => continue,
+        };
+        // Scale-factor registers: −1 keeps one decimal for power, 0 for the
+        // rest.
+        let sf = if name.ends_with("_w") { -1 } else { 0 };
+        let mut words = p.encode(v, sf);
+        if na && name.ends_with("_w") {
+            words = match p.ty {
+                crate::regmap::RegType::F32 => f32w(f64::NAN).to_vec(),
+                crate::regmap::RegType::F64 => {
+                    let b = f64::NAN.to_bits();
+                    (0..4).map(|i| (b >> (48 - 16 * i)) as u16).collect()
+                }
+                _ => {
+                    // The map's own sentinel, or the default convention.
+                    let mut q = p.clone();
+                    q.scale = None;
+                    q.scale_register = None;
+                    q.invert = false;
+                    let raw = match (p.not_available, p.ty) {
+                        (Some(v), _) => v as f64,
+                        (None, crate::regmap::RegType::I16) => f64::from(i16::MIN),
+                        (None, crate::regmap::RegType::I32) => f64::from(i32::MIN),
+                        (None, _) => f64::MAX,
+                    };
+                    q.encode(raw, 0)
+                }
+            };
+        }
+        for (i, w) in words.into_iter().enumerate() {
+            out.insert((p.function as u8, p.address.wrapping_add(i as u16)), w);
+        }
+        if let Some(s) = p.scale_register {
+            out.insert((s.function as u8, s.address), sf as u16);
+        }
+    }
+    out
+}
+
+struct UnitState {
+    kind: SimKind,
+    faults: Arc<UnitFaults>,
+}
+
+/// The shared state behind every connection to one simulator.
+struct SimState {
+    household: SimHousehold,
+    meters: Mutex<HouseholdMeters>,
+    clock: Arc<dyn Clock>,
+    units: BTreeMap<u8, UnitState>,
+    legacy: Option<Arc<SimFaults>>,
+    /// Bumped to drop every open TCP connection.
+    kill_epoch: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for SimState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimState")
+            .field("units", &self.units.keys())
+            .finish()
+    }
+}
+
+/// What the service does with a request.
+enum Outcome {
+    Answer(Result<Response, ExceptionCode>),
+    /// Nobody is there (RTU: silence).
+    NoDevice,
+}
+
+impl SimState {
+    fn truth(&self, faults: &UnitFaults) -> Truth {
+        let now: UnixMs = self.clock.now();
+        let m = {
+            let mut m = self.meters.lock().unwrap_or_else(|e| e.into_inner());
+            m.advance(&self.household, now);
+            m.clone()
+        };
+        let raw = [m.import.wh(), m.export.wh(), m.pv.wh()];
+        let mut off = faults.offsets.lock().unwrap_or_else(|e| e.into_inner());
+        if faults.reset_pending.swap(false, Ordering::SeqCst) {
+            *off = raw;
+        }
+        let (soc, battery_w) = sim_battery(&self.household, now);
+        Truth {
+            grid_w: self.household.grid_power_w(now),
+            pv_w: self.household.pv_power_w(now),
+            import_wh: raw[0].saturating_sub(off[0]),
+            export_wh: raw[1].saturating_sub(off[1]),
+            pv_wh: raw[2].saturating_sub(off[2]),
+            soc,
+            battery_w,
+        }
+    }
+
+    fn handle(&self, unit: u8, req: &Request<'_>) -> Outcome {
+        let Some(u) = self.units.get(&unit) else {
+            return Outcome::NoDevice;
+        };
+        if let Some(l) = &self.legacy {
+            let failed = match unit {
+                INVERTER_UNIT => l.inverter_failed.load(Ordering::SeqCst),
+                METER_UNIT => l.meter_failed.load(Ordering::SeqCst),
+                _ => false,
+            };
+            if failed {
+                return Outcome::Answer(Err(ExceptionCode::ServerDeviceFailure));
+            }
+        }
+        let code = u.faults.exception.load(Ordering::SeqCst);
+        if code != 0 {
+            return Outcome::Answer(Err(ExceptionCode::new(code)));
+        }
+        let (function, addr, qty) = match req {
+            Request::ReadHoldingRegisters(a, q) => (Function::Holding, *a, *q),
+            Request::ReadInputRegisters(a, q) => (Function::Input, *a, *q),
+            // The simulated devices are read-only.
+            _ => return Outcome::Answer(Err(ExceptionCode::IllegalFunction)),
+        };
+        if qty == 0 || qty > 125 {
+            return Outcome::Answer(Err(ExceptionCode::IllegalDataValue));
+        }
+        let na = u.faults.not_implemented.load(Ordering::SeqCst);
+        let t = self.truth(&u.faults);
+        let words = match &u.kind {
+            SimKind::SunSpec {
+                base,
+                models,
+                unknown_len,
+            } => {
+                if function != Function::Holding {
+                    return Outcome::Answer(Err(ExceptionCode::IllegalFunction));
+                }
+                let image = sunspec_image(unit, models, *unknown_len, &t, na);
+                let Some(start) = addr.checked_sub(*base) else {
+                    // Some devices refuse register 0 with IllegalFunction
+                    // rather than IllegalDataAddress; discovery must move on
+                    // to the next base either way.
+                    return Outcome::Answer(Err(if addr < 2 {
+                        ExceptionCode::IllegalFunction
+                    } else {
+                        ExceptionCode::IllegalDataAddress
+                    }));
+                };
+                let start = usize::from(start);
+                match image.get(start..start + usize::from(qty)) {
+                    Some(w) => w.to_vec(),
+                    None => return Outcome::Answer(Err(ExceptionCode::IllegalDataAddress)),
+                }
+            }
+            SimKind::Map(map) => {
+                let image = map_image(map, &t, na);
+                (0..qty)
+                    .map(|i| {
+                        image
+                            .get(&(function as u8, addr.wrapping_add(i)))
+                            .copied()
+                            .unwrap_or(0)
+                    })
+                    .collect()
+            }
+        };
+        Outcome::Answer(Ok(match function {
+            Function::Holding => Response::ReadHoldingRegisters(words),
+            Function::Input => Response::ReadInputRegisters(words),
+        }))
+    }
+
+    /// The future that answers (or, for faults, delays or never answers).
+    fn respond(
+        self: &Arc<Self>,
+        unit: u8,
+        req: Request<'static>,
+        rtu: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionCode>> + Send>> {
+        let state = Arc::clone(self);
+        Box::pin(async move {
+            if let Some(u) = state.units.get(&unit) {
+                if u.faults.silent.load(Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
+                let slow = u.faults.slow_ms.load(Ordering::SeqCst);
+                if slow > 0 {
+                    tokio::time::sleep(Duration::from_millis(slow)).await;
+                }
+                if u.faults.disconnect.swap(false, Ordering::SeqCst) {
+                    // Every stream created before this bump fails its next
+                    // IO, this one included: the answer is never sent.
+                    state.kill_epoch.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            match state.handle(unit, &req) {
+                Outcome::Answer(r) => r.map(Some),
+                Outcome::NoDevice if rtu => Ok(None),
+                Outcome::NoDevice => Err(ExceptionCode::GatewayTargetDevice),
+            }
+        })
+    }
+}
+
+/// One connection's (or one bus's) Modbus service.
+#[derive(Clone)]
+struct SimService {
+    state: Arc<SimState>,
+    rtu: bool,
+}
+
+impl tokio_modbus::server::Service for SimService {
+    type Request = SlaveRequest<'static>;
+    type Response = Option<Response>;
+    type Exception = ExceptionCode;
+    type Future = Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionCode>> + Send>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        self.state.respond(req.slave, req.request, self.rtu)
+    }
+}
+
+/// A TCP stream that fails all IO once the simulator's kill epoch moves past
+/// the one it was created in: how the simulator drops connections.
+struct KillableStream {
+    inner: TcpStream,
+    epoch: u64,
+    global: Arc<AtomicU64>,
+}
+
+impl KillableStream {
+    fn killed(&self) -> bool {
+        self.global.load(Ordering::SeqCst) != self.epoch
+    }
+}
+
+fn killed_err() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, "simulated disconnect")
+}
+
+impl AsyncRead for KillableStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.killed() {
+            return Poll::Ready(Err(killed_err()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for KillableStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.killed() {
+            return Poll::Ready(Err(killed_err()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<io::Result<()>> {
+        if self.killed() {
+            return Poll::Ready(Err(killed_err()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A running simulator.
+#[derive(Debug)]
+pub struct SimServer {
+    /// The TCP address (for a TCP simulator).
+    pub addr: SocketAddr,
+    pub handle: JoinHandle<()>,
+    faults: BTreeMap<u8, Arc<UnitFaults>>,
+}
+
+impl SimServer {
+    /// The fault switches of `unit`.
+    pub fn faults(&self, unit: u8) -> Arc<UnitFaults> {
+        self.faults.get(&unit).cloned().unwrap_or_default()
+    }
+    /// Stops the simulator and closes every connection.
+    pub fn stop(&self) {
+        self.handle.abort();
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+fn build_state(
+    units: Vec<SimUnit>,
+    household: SimHousehold,
+    clock: Arc<dyn Clock>,
+    legacy: Option<Arc<SimFaults>>,
+) -> (Arc<SimState>, BTreeMap<u8, Arc<UnitFaults>>) {
+    let mut faults = BTreeMap::new();
+    let mut map = BTreeMap::new();
+    for u in units {
+        let f = Arc::new(UnitFaults::default());
+        faults.insert(u.unit, Arc::clone(&f));
+        map.insert(
+            u.unit,
+            UnitState {
+                kind: u.kind,
+                faults: f,
+            },
+        );
+    }
+    let meters = HouseholdMeters::new(&household, clock.now());
+    (
+        Arc::new(SimState {
+            household,
+            meters: Mutex::new(meters),
+            clock,
+            units: map,
+            legacy,
+            kill_epoch: Arc::new(AtomicU64::new(0)),
+        }),
+        faults,
+    )
+}
+
+async fn serve_tcp(listener: TcpListener, state: Arc<SimState>) {
+    let server = Server::new(listener);
+    let on_connected = |stream: TcpStream, peer: SocketAddr| {
+        let service = SimService {
+            state: Arc::clone(&state),
+            rtu: false,
+        };
+        let global = Arc::clone(&state.kill_epoch);
+        async move {
+            // Without TCP_NODELAY, Nagle's algorithm adds up to 40 ms to
+            // each answer.
+            stream.set_nodelay(true)?;
+            debug!(%peer, "modbus client connected");
+            let epoch = global.load(Ordering::SeqCst);
+            Ok(Some((
+                service,
+                KillableStream {
+                    inner: stream,
+                    epoch,
+                    global,
+                },
+            )))
+        }
+    };
+    let on_error = |error: io::Error| debug!(%error, "modbus connection ended with an error");
+    if let Err(error) = server.serve(&on_connected, on_error).await {
+        warn!(%error, "modbus simulator stopped");
+    }
+}
+
+/// Starts a simulator with `units` on `bind` (port 0: the OS chooses).
+pub async fn spawn_devices(
+    bind: SocketAddr,
+    units: Vec<SimUnit>,
+    household: SimHousehold,
+    clock: Arc<dyn Clock>,
+) -> io::Result<SimServer> {
+    let listener = TcpListener::bind(bind).await?;
+    let addr = listener.local_addr()?;
+    let (state, faults) = build_state(units, household, clock, None);
+    let handle = tokio::spawn(serve_tcp(listener, state));
+    Ok(SimServer {
+        addr,
+        handle,
+        faults,
+    })
+}
+
+/// Serves `units` as Modbus RTU devices on a serial port (or one end of a
+/// pseudo-terminal pair), all on one bus.
+pub fn spawn_rtu_devices(
+    path: &std::path::Path,
+    baud: u32,
+    units: Vec<SimUnit>,
+    household: SimHousehold,
+    clock: Arc<dyn Clock>,
+) -> io::Result<SimServer> {
+    let port = tokio_serial::SerialStream::open(&tokio_serial::new(path.to_string_lossy(), baud))
+        .map_err(io::Error::other)?;
+    let (state, faults) = build_state(units, household, clock, None);
+    let service = SimService { state, rtu: true };
+    let handle = tokio::spawn(async move {
+        if let Err(error) = tokio_modbus::server::rtu::Server::new(port)
+            .serve_forever(service)
+            .await
+        {
+            warn!(%error, "modbus RTU simulator stopped");
+        }
+    });
+    Ok(SimServer {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        handle,
+        faults,
+    })
+}
+
+/// The demo household layout on `bind`: inverter (1 + 103) at unit 1, grid
+/// meter (1 + 203) at unit 2. Aborting the task closes every connection.
+pub async fn spawn_simulator(
+    bind: SocketAddr,
+    household: SimHousehold,
+    clock: Arc<dyn Clock>,
+) -> io::Result<(SocketAddr, JoinHandle<()>)> {
+    spawn_simulator_with_faults(bind, household, clock, Arc::new(SimFaults::default())).await
+}
+
+/// [`spawn_simulator`] with the demo's fault switches.
+pub async fn spawn_simulator_with_faults(
+    bind: SocketAddr,
+    household: SimHousehold,
+    clock: Arc<dyn Clock>,
+    faults: Arc<SimFaults>,
+) -> io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(bind).await?;
+    let addr = listener.local_addr()?;
+    let units = vec![
+        SimUnit::sunspec(INVERTER_UNIT, SUNSPEC_BASE, &[1, 103]),
+        SimUnit::sunspec(METER_UNIT, SUNSPEC_BASE, &[1, 203]),
+    ];
+    let (state, _) = build_state(units, household, clock, Some(faults));
+    Ok((addr, tokio::spawn(serve_tcp(listener, state))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sunspec::models::model203::AcMeterAbcn as M;
+
+    #[test]
+    fn map_layout_follows_the_crate() {
+        let t = Truth {
+            grid_w: -1234,
+            pv_w: 3000,
+            import_wh: 77_000,
+            export_wh: 5,
+            pv_wh: 9,
+            soc: 50,
+            battery_w: 0,
+        };
+        let map = sunspec_image(2, &[1, 203], Some(10), &t, false);
+        assert_eq!(&map[0..2], &sunspec::SUNS_IDENTIFIER);
+        assert_eq!((map[2], map[3]), (1, 66));
+        assert_eq!((map[70], map[71]), (UNKNOWN_MODEL_ID, 10));
+        let at = 72 + 10;
+        assert_eq!((map[at], map[at + 1]), (203, 105));
+        let body = &map[at + 2..at + 2 + 105];
+        assert_eq!(M::TOT_WH_IMP.from_data(body).expect("decodes"), 77_000);
+        assert_eq!(M::W.from_data(body).expect("decodes"), -1234);
+        assert_eq!(&map[map.len() - 2..], &[0xFFFF, 0]);
+    }
+
+    #[test]
+    fn scale_factors() {
+        assert_eq!(scaled_i16(1234), (1234, 0));
+        assert_eq!(scaled_i16(-40_000), (-4000, 1));
+        assert_eq!(scaled_u32_pair(5, 7), (5, 7, 0));
+        assert_eq!(scaled_u32_pair(50_000_000_000, 7), (500_000_000, 0, 2));
+    }
+}

@@ -1,0 +1,661 @@
+//! SunSpec devices through the `sunspec` crate: discovery, then typed reads
+//! of the supported models with the crate's point definitions (offsets,
+//! lengths, scale-factor points, "not implemented" sentinels).
+//!
+//! Supported models: common (1); inverters 101/102/103 (integer + scale
+//! factor) and 111/112/113 (float); basic storage 124; meters 201–204
+//! (integer + scale factor) and 211–214 (float). Others in the chain are
+//! skipped by their length (the crate's chain walk does that).
+//!
+//! Discovery probes the base addresses 40000, 0 and 50000 in the order of the
+//! SunSpec specification (40000 is by far the most common; probing it first
+//! spares most devices a probe that some answer only with a timeout). A
+//! Modbus exception or a timeout at one base moves on to the next; only a
+//! broken connection stops discovery. The crate then walks the whole chain
+//! from the base that answered `SunS`.
+//!
+//! Values the device marks "not implemented" (0x8000 for int16 and scale
+//! factors, 0xFFFF/0xFFFFFFFF for unsigned values, NaN for floats) are
+//! [`DeviceError::NotAvailable`], never zero. Power is rounded to the nearest
+//! watt; counters are rounded down so they never run ahead of the device.
+
+use crate::capability::{
+    Battery, BatteryValues, DeviceError, GridEnergy, GridMeter, GridValues, PvInverter, PvValues,
+};
+use crate::link::{Function, Link, LinkError, from_sunspec};
+use protocol::{WattHours, Watts};
+use sunspec::Value;
+use sunspec::client::{AsyncClient, Config, DiscoveryError};
+use sunspec::models::{
+    model1, model101, model102, model103, model111, model112, model113, model124, model201,
+    model202, model203, model204, model211, model212, model213, model214,
+};
+
+/// The base addresses probed for the `SunS` marker, in order.
+pub const BASES: [u16; 3] = [40000, 0, 50000];
+
+/// The model ids this module reads.
+pub const SUPPORTED_MODELS: [u16; 16] = [
+    1, 101, 102, 103, 111, 112, 113, 124, 201, 202, 203, 204, 211, 212, 213, 214,
+];
+
+/// Why discovery failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DiscoverError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("unit {unit}: no SunSpec marker at any of {BASES:?}")]
+    NotSunSpec { unit: u8 },
+    #[error("unit {unit}: model chain is malformed ({why})")]
+    Malformed { unit: u8, why: String },
+}
+
+/// A model block found in the chain: id, body address, body length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ModelBlock {
+    pub id: u16,
+    pub addr: u16,
+    pub len: u16,
+}
+
+/// The common model's identification.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct CommonInfo {
+    pub manufacturer: String,
+    pub model: String,
+    pub serial: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MeterPts {
+    Int {
+        w: u16,
+        w_sf: u16,
+        imp: u16,
+        exp: u16,
+        sf: u16,
+    },
+    Float {
+        w: u16,
+        imp: u16,
+        exp: u16,
+    },
+}
+
+macro_rules! meter_int {
+    ($m:ty) => {
+        MeterPts::Int {
+            w: <$m>::W.offset,
+            w_sf: <$m>::W_SF.offset,
+            imp: <$m>::TOT_WH_IMP.offset,
+            exp: <$m>::TOT_WH_EXP.offset,
+            sf: <$m>::TOT_WH_SF.offset,
+        }
+    };
+}
+macro_rules! meter_float {
+    ($m:ty) => {
+        MeterPts::Float {
+            w: <$m>::W.offset,
+            imp: <$m>::TOT_WH_IMP.offset,
+            exp: <$m>::TOT_WH_EXP.offset,
+        }
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InvPts {
+    Int {
+        w: u16,
+        w_sf: u16,
+        wh: u16,
+        wh_sf: u16,
+        st: u16,
+    },
+    Float {
+        w: u16,
+        wh: u16,
+        st: u16,
+    },
+}
+
+macro_rules! inv_int {
+    ($m:ty) => {
+        InvPts::Int {
+            w: <$m>::W.offset,
+            w_sf: <$m>::W_SF.offset,
+            wh: <$m>::WH.offset,
+            wh_sf: <$m>::WH_SF.offset,
+            st: <$m>::ST.offset,
+        }
+    };
+}
+macro_rules! inv_float {
+    ($m:ty) => {
+        InvPts::Float {
+            w: <$m>::W.offset,
+            wh: <$m>::WH.offset,
+            st: <$m>::ST.offset,
+        }
+    };
+}
+
+fn meter_pts(id: u16) -> Option<MeterPts> {
+    Some(match id {
+        201 => meter_int!(model201::Model201),
+        202 => meter_int!(model202::Model202),
+        203 => meter_int!(model203::Model203),
+        204 => meter_int!(model204::Model204),
+        211 => meter_float!(model211::Model211),
+        212 => meter_float!(model212::Model212),
+        213 => meter_float!(model213::Model213),
+        214 => meter_float!(model214::Model214),
+        _ => return None,
+    })
+}
+
+fn inv_pts(id: u16) -> Option<InvPts> {
+    Some(match id {
+        101 => inv_int!(model101::Model101),
+        102 => inv_int!(model102::Model102),
+        103 => inv_int!(model103::Model103),
+        111 => inv_float!(model111::Model111),
+        112 => inv_float!(model112::Model112),
+        113 => inv_float!(model113::Model113),
+        _ => return None,
+    })
+}
+
+/// Registers to read from the start of a block so that every used point is
+/// inside (all used points sit in the first 125 registers of every model).
+fn span(offsets: &[u16], block_len: u16) -> u16 {
+    offsets
+        .iter()
+        .map(|o| o + 2)
+        .max()
+        .unwrap_or(0)
+        .min(block_len)
+        .min(125)
+}
+
+fn words(
+    block: &[u16],
+    offset: u16,
+    len: u16,
+    point: &'static str,
+) -> Result<Vec<u16>, DeviceError> {
+    let s = usize::from(offset);
+    block
+        .get(s..s + usize::from(len))
+        .map(<[u16]>::to_vec)
+        .ok_or(DeviceError::Invalid {
+            point,
+            why: "outside the model block".into(),
+        })
+}
+
+/// An int16 point, `None` when it is the "not implemented" value 0x8000.
+pub fn get_i16(block: &[u16], offset: u16, point: &'static str) -> Result<i16, DeviceError> {
+    let w = words(block, offset, 1, point)?;
+    Option::<i16>::decode(&w)
+        .ok()
+        .flatten()
+        .ok_or(DeviceError::NotAvailable { point })
+}
+
+fn get_u16(block: &[u16], offset: u16, point: &'static str) -> Result<u16, DeviceError> {
+    let w = words(block, offset, 1, point)?;
+    Option::<u16>::decode(&w)
+        .ok()
+        .flatten()
+        .ok_or(DeviceError::NotAvailable { point })
+}
+
+fn get_u32(block: &[u16], offset: u16, point: &'static str) -> Result<u32, DeviceError> {
+    let w = words(block, offset, 2, point)?;
+    Option::<u32>::decode(&w)
+        .ok()
+        .flatten()
+        .ok_or(DeviceError::NotAvailable { point })
+}
+
+fn get_f32(block: &[u16], offset: u16, point: &'static str) -> Result<f32, DeviceError> {
+    let w = words(block, offset, 2, point)?;
+    let v = Option::<f32>::decode(&w)
+        .ok()
+        .flatten()
+        .ok_or(DeviceError::NotAvailable { point })?;
+    if !v.is_finite() {
+        return Err(DeviceError::Invalid {
+            point,
+            why: format!("{v}"),
+        });
+    }
+    Ok(v)
+}
+
+/// Applies a SunSpec scale factor (−10..=10) to a signed value, rounding
+/// half away from zero.
+pub fn scale_i(v: i64, sf: i16, point: &'static str) -> Result<i64, DeviceError> {
+    let bad = || DeviceError::Invalid {
+        point,
+        why: format!("scale factor {sf}"),
+    };
+    match sf {
+        0..=10 => v
+            .checked_mul(
+                10i64
+                    .checked_pow(u32::from(sf.unsigned_abs()))
+                    .ok_or_else(bad)?,
+            )
+            .ok_or_else(bad),
+        -10..=-1 => {
+            let d = 10i64.pow(u32::from(sf.unsigned_abs()));
+            Ok((v + v.signum() * d / 2) / d)
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Applies a scale factor to a counter, rounding down.
+pub fn scale_u(v: u64, sf: i16, point: &'static str) -> Result<u64, DeviceError> {
+    let bad = || DeviceError::Invalid {
+        point,
+        why: format!("scale factor {sf}"),
+    };
+    match sf {
+        0..=10 => v
+            .checked_mul(
+                10u64
+                    .checked_pow(u32::from(sf.unsigned_abs()))
+                    .ok_or_else(bad)?,
+            )
+            .ok_or_else(bad),
+        -10..=-1 => Ok(v / 10u64.pow(u32::from(sf.unsigned_abs()))),
+        _ => Err(bad()),
+    }
+}
+
+/// A float power value to whole watts.
+pub fn float_power(v: f64, point: &'static str) -> Result<i64, DeviceError> {
+    if !v.is_finite() || v.abs() > 1e12 {
+        return Err(DeviceError::Invalid {
+            point,
+            why: format!("{v}"),
+        });
+    }
+    Ok(v.round() as i64)
+}
+
+/// A float counter to whole watt-hours (rounded down; negative is invalid).
+pub fn float_counter(v: f64, point: &'static str) -> Result<u64, DeviceError> {
+    if !v.is_finite() || !(0.0..1e15).contains(&v) {
+        return Err(DeviceError::Invalid {
+            point,
+            why: format!("{v}"),
+        });
+    }
+    Ok(v.floor() as u64)
+}
+
+/// Decodes a meter block (pure).
+fn decode_meter(pts: MeterPts, b: &[u16]) -> Result<GridValues, DeviceError> {
+    let (power, imp, exp) = match pts {
+        MeterPts::Int {
+            w,
+            w_sf,
+            imp,
+            exp,
+            sf,
+        } => {
+            let wv = get_i16(b, w, "W")?;
+            let wsf = get_i16(b, w_sf, "W_SF")?;
+            let tsf = get_i16(b, sf, "TotWh_SF")?;
+            let i = get_u32(b, imp, "TotWhImp")?;
+            let e = get_u32(b, exp, "TotWhExp")?;
+            (
+                scale_i(i64::from(wv), wsf, "W")?,
+                scale_u(u64::from(i), tsf, "TotWhImp")?,
+                scale_u(u64::from(e), tsf, "TotWhExp")?,
+            )
+        }
+        MeterPts::Float { w, imp, exp } => (
+            float_power(f64::from(get_f32(b, w, "W")?), "W")?,
+            float_counter(f64::from(get_f32(b, imp, "TotWhImp")?), "TotWhImp")?,
+            float_counter(f64::from(get_f32(b, exp, "TotWhExp")?), "TotWhExp")?,
+        ),
+    };
+    Ok(GridValues {
+        power: Watts(power),
+        energy: GridEnergy {
+            import_wh: WattHours(imp),
+            export_wh: WattHours(exp),
+        },
+    })
+}
+
+/// Operating state FAULT in models 101–103 and 111–113.
+const ST_FAULT: u16 = 7;
+
+/// Decodes an inverter block (pure).
+fn decode_inverter(pts: InvPts, b: &[u16]) -> Result<PvValues, DeviceError> {
+    let (power, energy, st) = match pts {
+        InvPts::Int {
+            w,
+            w_sf,
+            wh,
+            wh_sf,
+            st,
+        } => {
+            let wv = get_i16(b, w, "W")?;
+            let wsf = get_i16(b, w_sf, "W_SF")?;
+            let e = get_u32(b, wh, "WH")?;
+            let esf = get_i16(b, wh_sf, "WH_SF")?;
+            (
+                scale_i(i64::from(wv), wsf, "W")?,
+                scale_u(u64::from(e), esf, "WH")?,
+                get_u16(b, st, "St")?,
+            )
+        }
+        InvPts::Float { w, wh, st } => (
+            float_power(f64::from(get_f32(b, w, "W")?), "W")?,
+            float_counter(f64::from(get_f32(b, wh, "WH")?), "WH")?,
+            get_u16(b, st, "St")?,
+        ),
+    };
+    // A few inverters report a small negative AC power at night (their own
+    // consumption); PV production is never negative.
+    Ok(PvValues {
+        power: Watts(power.max(0)),
+        energy: WattHours(energy),
+        fault: st == ST_FAULT,
+    })
+}
+
+/// Decodes a storage (124) block (pure).
+fn decode_storage(b: &[u16]) -> Result<BatteryValues, DeviceError> {
+    type S = model124::Model124;
+    let soc = match get_u16(b, S::CHA_STATE.offset, "ChaState") {
+        Ok(raw) => {
+            let sf = get_i16(b, S::CHA_STATE_SF.offset, "ChaState_SF")?;
+            let pct = scale_u(u64::from(raw), sf, "ChaState")?;
+            Some(u8::try_from(pct.min(100)).unwrap_or(100))
+        }
+        Err(DeviceError::NotAvailable { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    // Model 124 has no battery power point (only rate set-points).
+    Ok(BatteryValues {
+        soc_pct: soc,
+        power: None,
+    })
+}
+
+/// A discovered SunSpec device behind a [`Link`].
+#[derive(Debug, Clone)]
+pub struct SunSpecDevice {
+    link: Link,
+    unit: u8,
+    /// Where the `SunS` marker was found.
+    pub base: u16,
+    pub common: Option<CommonInfo>,
+    /// Supported models found, in chain order.
+    pub models: Vec<ModelBlock>,
+    /// Models the `sunspec` crate does not know, skipped by their length.
+    pub unknown: Vec<ModelBlock>,
+    meter: Option<(ModelBlock, MeterPts)>,
+    inverter: Option<(ModelBlock, InvPts)>,
+    storage: Option<ModelBlock>,
+}
+
+impl SunSpecDevice {
+    /// Finds the `SunS` marker and walks the model chain of `unit`.
+    pub async fn discover(link: &Link, unit: u8) -> Result<SunSpecDevice, DiscoverError> {
+        let mut base = None;
+        for b in BASES {
+            match link.read(unit, Function::Holding, b, 2).await {
+                Ok(w) if w == sunspec::SUNS_IDENTIFIER => {
+                    base = Some(b);
+                    break;
+                }
+                // Something else lives here, or the device refuses this
+                // address range, or it stays silent: try the next base.
+                Ok(_) | Err(LinkError::Exception { .. }) | Err(LinkError::Timeout(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let base = base.ok_or(DiscoverError::NotSunSpec { unit })?;
+        let client = AsyncClient::new(
+            link.clone(),
+            Config {
+                discovery_addresses: vec![base],
+                // The link bounds every request itself.
+                read_timeout: None,
+                ..Config::default()
+            },
+        );
+        let dev = client.device(unit).await.map_err(|e| match e {
+            DiscoveryError::ModbusError(m) => {
+                DiscoverError::Link(from_sunspec(unit, link.timeout(), m))
+            }
+            DiscoveryError::SunsIdentifierNotFound => DiscoverError::NotSunSpec { unit },
+            DiscoveryError::AddressOverflow => DiscoverError::Malformed {
+                unit,
+                why: "address overflow".into(),
+            },
+        })?;
+        let m = &dev.models;
+        let found: [(u16, u16, u16); 16] = [
+            (1, m.m1.addr, m.m1.len),
+            (101, m.m101.addr, m.m101.len),
+            (102, m.m102.addr, m.m102.len),
+            (103, m.m103.addr, m.m103.len),
+            (111, m.m111.addr, m.m111.len),
+            (112, m.m112.addr, m.m112.len),
+            (113, m.m113.addr, m.m113.len),
+            (124, m.m124.addr, m.m124.len),
+            (201, m.m201.addr, m.m201.len),
+            (202, m.m202.addr, m.m202.len),
+            (203, m.m203.addr, m.m203.len),
+            (204, m.m204.addr, m.m204.len),
+            (211, m.m211.addr, m.m211.len),
+            (212, m.m212.addr, m.m212.len),
+            (213, m.m213.addr, m.m213.len),
+            (214, m.m214.addr, m.m214.len),
+        ];
+        let mut models: Vec<ModelBlock> = found
+            .into_iter()
+            .filter(|(_, _, len)| *len > 0)
+            .map(|(id, addr, len)| ModelBlock { id, addr, len })
+            .collect();
+        models.sort_by_key(|b| b.addr);
+        let unknown = dev
+            .unknown_models
+            .iter()
+            .map(|u| ModelBlock {
+                id: u.id,
+                addr: u.addr,
+                len: u.len,
+            })
+            .collect();
+        // The first model of each kind in the chain is the one read.
+        let meter = models.iter().find_map(|b| meter_pts(b.id).map(|p| (*b, p)));
+        let inverter = models.iter().find_map(|b| inv_pts(b.id).map(|p| (*b, p)));
+        let storage = models.iter().copied().find(|b| b.id == 124);
+        let mut d = SunSpecDevice {
+            link: link.clone(),
+            unit,
+            base,
+            common: None,
+            models,
+            unknown,
+            meter,
+            inverter,
+            storage,
+        };
+        d.common = d.read_common().await.ok();
+        Ok(d)
+    }
+
+    /// The unit id.
+    pub fn unit(&self) -> u8 {
+        self.unit
+    }
+
+    /// Ids of every model found (supported ones, then unknown ones).
+    pub fn model_ids(&self) -> Vec<u16> {
+        self.models
+            .iter()
+            .chain(self.unknown.iter())
+            .map(|b| b.id)
+            .collect()
+    }
+
+    /// Whether the device has a meter, inverter or storage model.
+    pub fn has_meter(&self) -> bool {
+        self.meter.is_some()
+    }
+    pub fn has_inverter(&self) -> bool {
+        self.inverter.is_some()
+    }
+    pub fn has_storage(&self) -> bool {
+        self.storage.is_some()
+    }
+
+    async fn read_common(&self) -> Result<CommonInfo, DeviceError> {
+        type C = model1::Model1;
+        let b = self
+            .models
+            .iter()
+            .find(|b| b.id == 1)
+            .copied()
+            .ok_or(DeviceError::Unsupported("common model"))?;
+        let n = span(&[C::SN.offset + C::SN.length], b.len);
+        let regs = self
+            .link
+            .read(self.unit, Function::Holding, b.addr, n)
+            .await?;
+        let s = |p: sunspec::Point<C, String>| p.from_data(&regs).unwrap_or_default();
+        Ok(CommonInfo {
+            manufacturer: s(C::MN),
+            model: s(C::MD),
+            serial: s(C::SN),
+        })
+    }
+
+    async fn block(&self, b: ModelBlock, offsets: &[u16]) -> Result<Vec<u16>, DeviceError> {
+        let n = span(offsets, b.len);
+        Ok(self
+            .link
+            .read(self.unit, Function::Holding, b.addr, n)
+            .await?)
+    }
+}
+
+impl GridMeter for SunSpecDevice {
+    async fn read_grid(&self) -> Result<GridValues, DeviceError> {
+        let (b, pts) = self.meter.ok_or(DeviceError::Unsupported("grid meter"))?;
+        let offs = match pts {
+            MeterPts::Int {
+                w,
+                w_sf,
+                imp,
+                exp,
+                sf,
+            } => vec![w, w_sf, imp, exp, sf],
+            MeterPts::Float { w, imp, exp } => vec![w, imp, exp],
+        };
+        let regs = self.block(b, &offs).await?;
+        decode_meter(pts, &regs)
+    }
+}
+
+impl PvInverter for SunSpecDevice {
+    async fn read_pv(&self) -> Result<PvValues, DeviceError> {
+        let (b, pts) = self
+            .inverter
+            .ok_or(DeviceError::Unsupported("PV inverter"))?;
+        let offs = match pts {
+            InvPts::Int {
+                w,
+                w_sf,
+                wh,
+                wh_sf,
+                st,
+            } => vec![w, w_sf, wh, wh_sf, st],
+            InvPts::Float { w, wh, st } => vec![w, wh, st],
+        };
+        let regs = self.block(b, &offs).await?;
+        decode_inverter(pts, &regs)
+    }
+}
+
+impl Battery for SunSpecDevice {
+    async fn read_battery(&self) -> Result<BatteryValues, DeviceError> {
+        let b = self.storage.ok_or(DeviceError::Unsupported("battery"))?;
+        type S = model124::Model124;
+        let regs = self
+            .block(b, &[S::CHA_STATE.offset, S::CHA_STATE_SF.offset])
+            .await?;
+        decode_storage(&regs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentinels_are_not_values() {
+        let pts = meter_int!(model203::Model203);
+        let MeterPts::Int { w, imp, exp, .. } = pts else {
+            unreachable!()
+        };
+        let mut b = vec![0u16; 105];
+        b[usize::from(w)] = 0x8000;
+        assert_eq!(
+            decode_meter(pts, &b),
+            Err(DeviceError::NotAvailable { point: "W" })
+        );
+        b[usize::from(w)] = 0xFF38; // −200 W: export
+        b[usize::from(imp)] = 0xFFFF;
+        b[usize::from(imp) + 1] = 0xFFFF;
+        assert_eq!(
+            decode_meter(pts, &b),
+            Err(DeviceError::NotAvailable { point: "TotWhImp" })
+        );
+        b[usize::from(imp)] = 0;
+        b[usize::from(imp) + 1] = 7;
+        b[usize::from(exp) + 1] = 9;
+        let v = decode_meter(pts, &b).expect("valid");
+        assert_eq!(v.power, Watts(-200));
+        assert_eq!(v.energy.import_wh, WattHours(7));
+        assert_eq!(v.energy.export_wh, WattHours(9));
+
+        let fp = meter_float!(model213::Model213);
+        let MeterPts::Float { w, .. } = fp else {
+            unreachable!()
+        };
+        let mut b = vec![0u16; 124];
+        let nan = f32::NAN.to_bits();
+        b[usize::from(w)] = (nan >> 16) as u16;
+        b[usize::from(w) + 1] = nan as u16;
+        assert_eq!(
+            decode_meter(fp, &b),
+            Err(DeviceError::NotAvailable { point: "W" })
+        );
+    }
+
+    #[test]
+    fn scale_factors_apply_exactly() {
+        assert_eq!(scale_i(1234, 0, "W"), Ok(1234));
+        assert_eq!(scale_i(-123, 1, "W"), Ok(-1230));
+        assert_eq!(scale_i(-1235, -1, "W"), Ok(-124));
+        assert!(scale_i(1, i16::MIN, "W").is_err());
+        assert_eq!(scale_u(19, -1, "WH"), Ok(1));
+        assert!(scale_u(19, 11, "WH").is_err());
+        assert_eq!(float_counter(12.9, "x"), Ok(12));
+        assert!(float_counter(-1.0, "x").is_err());
+        assert_eq!(float_power(-12.5, "x"), Ok(-13));
+    }
+}
