@@ -19,8 +19,6 @@
 //! - [`simulator`]: Modbus TCP/RTU devices for every supported model and
 //!   shipped map, with fault injection.
 //! - [`proxy`]: the Modbus TCP proxy that shares a single-client device.
-//! - [`poller`]: the walking skeleton's two-device SunSpec poller, kept for
-//!   its tests; the agent uses [`devices`].
 //! - [`outbox`]: the SQLite outbox (sequence numbers, acks, dead letters,
 //!   counter baselines, quarantine).
 //! - [`agent`]: the task that ties devices, guard, outbox and MQTT together.
@@ -39,7 +37,6 @@ pub mod counters;
 pub mod devices;
 pub mod link;
 pub mod outbox;
-pub mod poller;
 pub mod proxy;
 pub mod regmap;
 pub mod sim;
@@ -48,6 +45,5 @@ pub mod sunspec_dev;
 
 pub use agent::{AgentConfig, AgentError, AgentStats, run_agent, run_agent_with};
 pub use outbox::{Outbox, OutboxError};
-pub use poller::{PollError, SunSpecPoller};
 pub use sim::SimHousehold;
 pub use simulator::{SimFaults, spawn_simulator, spawn_simulator_with_faults};

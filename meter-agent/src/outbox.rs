@@ -82,7 +82,14 @@ impl Outbox {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // Memory on a small gateway: the outbox is a queue of recent
+            // rows, so a 256 KiB page cache (SQLite's default is 2 MiB) and
+            // no memory-mapped IO lose nothing; a handful of distinct
+            // statements are ever prepared.
+            .pragma("cache_size", "-256")
+            .pragma("mmap_size", "0")
+            .statement_cache_capacity(32);
         // One connection: the agent is the only writer, and one connection
         // makes "read last seq, insert, update seq" trivially serial.
         let pool = SqlitePoolOptions::new()

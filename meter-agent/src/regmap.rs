@@ -126,6 +126,12 @@ pub struct PointDef {
     pub not_available: Option<i64>,
 }
 
+/// The smallest and largest magnitude a fixed `scale` may have: a register
+/// in nano-units up to one in giga-units. Anything beyond is a typo, and a
+/// scale like 1e308 would turn an ordinary reading into infinity.
+pub const MIN_SCALE: f64 = 1e-9;
+pub const MAX_SCALE: f64 = 1e9;
+
 /// The raw register value before scaling.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Raw {
@@ -208,6 +214,15 @@ impl PointDef {
         }
         if self.invert {
             v = -v;
+        }
+        // Load-time validation bounds the scale, but a map built in code
+        // (or an f64 register near its maximum) could still overflow: a
+        // non-finite value never leaves this function.
+        if !v.is_finite() {
+            return Err(DeviceError::Invalid {
+                point,
+                why: format!("value out of range after scaling ({v})"),
+            });
         }
         Ok(v)
     }
@@ -352,12 +367,15 @@ impl RegisterMap {
                 ));
             }
             if let Some(s) = p.scale
-                && !(s.is_finite() && s != 0.0)
+                && !(s.is_finite() && (MIN_SCALE..=MAX_SCALE).contains(&s.abs()))
             {
                 return Err(err(
                     find_key(src, &table, Some("scale")),
                     format!("{table}.scale"),
-                    format!("scale must be a finite non-zero number, not {s}"),
+                    format!(
+                        "scale must be a number whose magnitude is between {MIN_SCALE:e} and \
+                         {MAX_SCALE:e}, not {s}"
+                    ),
                 ));
             }
             if p.invert && !name.ends_with("_w") {
@@ -590,6 +608,64 @@ mod tests {
             assert!(m.point("grid_power_w").is_some(), "{id}");
         }
         assert_eq!(shipped().len(), SHIPPED.len());
+    }
+
+    #[test]
+    fn absurd_scales_are_refused_at_load_and_never_decode_to_infinity() {
+        for (scale, ok) in [
+            ("1e308", false),
+            ("-1e308", false),
+            ("1e-300", false),
+            ("1e10", false),
+            ("0.0", false),
+            ("1e9", true),
+            ("-0.001", true),
+            ("1e-9", true),
+        ] {
+            let src = format!(
+                "name = \"x\"\nid = \"x\"\n\n[points.grid_power_w]\naddress = 1\ntype = \"f64\"\nscale = {scale}\n"
+            );
+            let r = RegisterMap::parse("user/big.toml", &src);
+            if ok {
+                assert!(r.is_ok(), "{scale}: {r:?}");
+                continue;
+            }
+            let e = r.expect_err(scale);
+            assert_eq!(
+                (e.file.as_str(), e.line, e.key.as_str()),
+                ("user/big.toml", 7, "points.grid_power_w.scale"),
+                "{scale}"
+            );
+            assert!(e.message.contains("between 1e-9 and 1e9"), "{e}");
+            assert!(e.to_string().starts_with("user/big.toml:7:"), "{e}");
+        }
+        // A map built in code skips that check; decoding still refuses to
+        // produce a non-finite number: f64::MAX × 1e308 and × 1e9.
+        let max = f64::MAX.to_bits();
+        let words: Vec<u16> = (0..4).map(|i| (max >> (48 - 16 * i)) as u16).collect();
+        for scale in [1e308, 1e9] {
+            let p = PointDef {
+                address: 0,
+                function: Function::Holding,
+                ty: RegType::F64,
+                order: WordOrder::HighFirst,
+                scale: Some(scale),
+                scale_register: None,
+                invert: false,
+                not_available: None,
+            };
+            let r = p.decode(&words, None, "grid_power_w");
+            assert!(
+                matches!(
+                    r,
+                    Err(DeviceError::Invalid {
+                        point: "grid_power_w",
+                        ..
+                    })
+                ),
+                "{scale}: {r:?}"
+            );
+        }
     }
 
     #[test]

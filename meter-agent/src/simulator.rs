@@ -21,9 +21,20 @@
 //! id nobody answers to gets `GatewayTargetDevice` over TCP and silence on an
 //! RTU bus, as a gateway and a bus would.
 //!
+//! Writes (function codes 06 and 16) are accepted only on the registers the
+//! `sunspec` crate marks writable and the simulator models: the power limit
+//! of model 123 (`WMaxLimPct`, its window, reversion and ramp times,
+//! `WMaxLim_Ena`). Any other register answers `IllegalDataAddress` (02), a
+//! value out of range (a limit over 100 %, an enable flag other than 0/1)
+//! `IllegalDataValue` (03). An enabled limit clips the PV power every unit
+//! reports (and so raises grid power by what was clipped) until it is
+//! disabled or its reversion time passes; the energy counters follow the
+//! unclipped household model. Models 120 and 121 report the PV peak power as
+//! the rating the percentage refers to.
+//!
 //! [`spawn_simulator`] keeps the household layout of the demo: inverter
-//! (common + model 103) at unit 1 and grid meter (common + model 203) at
-//! unit 2, both at 40000.
+//! (common, 103, and 120/121/123 for the power limit) at unit 1 and grid
+//! meter (common + model 203) at unit 2, both at 40000.
 
 use crate::capability::sim_battery;
 use crate::link::Function;
@@ -40,8 +51,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskCx, Poll};
 use std::time::Duration;
 use sunspec::models::{
-    model1, model101, model102, model103, model111, model112, model113, model124, model201,
-    model202, model203, model204, model211, model212, model213, model214,
+    model1, model101, model102, model103, model111, model112, model113, model120, model121,
+    model123, model124, model201, model202, model203, model204, model211, model212, model213,
+    model214,
 };
 use sunspec::{Group, Model};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -105,7 +117,8 @@ impl UnitFaults {
 #[derive(Debug, Clone)]
 pub enum SimKind {
     /// A SunSpec device: `SunS` at `base`, then `models` in order (ids from
-    /// [`crate::sunspec_dev::SUPPORTED_MODELS`]), with an unknown model of
+    /// [`crate::sunspec_dev::SUPPORTED_MODELS`] and
+    /// [`crate::sunspec_dev::CONTROL_MODELS`]), with an unknown model of
     /// `unknown_len` registers after the common model when given.
     SunSpec {
         base: u16,
@@ -143,8 +156,10 @@ impl SimUnit {
 }
 
 /// The household's values at one instant, as the devices report them.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Truth {
+    /// The inverter's rating (`WRtg`, `WMax`): the PV peak power.
+    rated_w: i64,
     grid_w: i64,
     pv_w: i64,
     import_wh: u64,
@@ -154,15 +169,43 @@ struct Truth {
     battery_w: i64,
 }
 
-/// Builds a SunSpec register image: `SunS`, models, end model.
+/// Builds a SunSpec register image: `SunS`, models, end model; with which
+/// registers a client may write and where each model body starts.
 struct MapBuilder {
     regs: Vec<u16>,
+    writable: Vec<bool>,
+    /// (model id, index of the body in `regs`, body length).
+    blocks: Vec<(u16, usize, u16)>,
+}
+
+/// A unit's register image (from its base address on).
+#[derive(Debug, Clone, Default)]
+struct Image {
+    regs: Vec<u16>,
+    writable: Vec<bool>,
+    blocks: Vec<(u16, usize, u16)>,
+}
+
+impl Image {
+    /// The body index of the first model `id` in the chain.
+    fn body(&self, id: u16) -> Option<usize> {
+        self.blocks.iter().find(|b| b.0 == id).map(|b| b.1)
+    }
+    /// The model and offset that register `idx` belongs to.
+    fn point_at(&self, idx: usize) -> Option<(u16, u16)> {
+        self.blocks
+            .iter()
+            .find(|(_, body, len)| (*body..*body + usize::from(*len)).contains(&idx))
+            .and_then(|(id, body, _)| Some((*id, u16::try_from(idx - body).ok()?)))
+    }
 }
 
 impl MapBuilder {
     fn new() -> MapBuilder {
         MapBuilder {
             regs: sunspec::SUNS_IDENTIFIER.to_vec(),
+            writable: vec![false; 2],
+            blocks: Vec::new(),
         }
     }
     fn header(&mut self, id: u16, len: u16) -> usize {
@@ -170,7 +213,25 @@ impl MapBuilder {
         self.regs.push(len);
         let base = self.regs.len();
         self.regs.resize(base + usize::from(len), 0);
+        self.writable.resize(self.regs.len(), false);
+        self.blocks.push((id, base, len));
         base
+    }
+    /// Lets clients write `p` (it must be writable in the crate's
+    /// definition: the simulator never accepts a write a device would not).
+    fn allow<G: Group, T: sunspec::Value>(&mut self, base: usize, p: &sunspec::Point<G, T>) {
+        if !p.writable {
+            return;
+        }
+        let start = base + usize::from(p.offset);
+        for w in self
+            .writable
+            .iter_mut()
+            .skip(start)
+            .take(usize::from(p.length))
+        {
+            *w = true;
+        }
     }
     fn model<M: Model + Group>(&mut self) -> usize {
         self.header(M::ID, <M as Group>::LEN)
@@ -183,10 +244,15 @@ impl MapBuilder {
             }
         }
     }
-    fn finish(mut self) -> Vec<u16> {
+    fn finish(mut self) -> Image {
         self.regs.push(0xFFFF);
         self.regs.push(0);
-        self.regs
+        self.writable.resize(self.regs.len(), false);
+        Image {
+            regs: self.regs,
+            writable: self.writable,
+            blocks: self.blocks,
+        }
     }
 }
 
@@ -282,13 +348,7 @@ macro_rules! float_meter {
 }
 
 /// The register image of a SunSpec unit (from its base address on).
-fn sunspec_image(
-    unit: u8,
-    models: &[u16],
-    unknown_len: Option<u16>,
-    t: &Truth,
-    na: bool,
-) -> Vec<u16> {
+fn sunspec_image(unit: u8, models: &[u16], unknown_len: Option<u16>, t: &Truth, na: bool) -> Image {
     let mut b = MapBuilder::new();
     for (i, id) in models.iter().enumerate() {
         match id {
@@ -318,6 +378,45 @@ fn sunspec_image(
             111 => float_inverter!(b, model111::Model111, t, na),
             112 => float_inverter!(b, model112::Model112, t, na),
             113 => float_inverter!(b, model113::Model113, t, na),
+            120 => {
+                type N = model120::Model120;
+                let base = b.model::<N>();
+                let (w, sf) = scaled_i16(t.rated_w);
+                // DERTyp 4: PV.
+                b.put(base, N::DER_TYP.offset, &[4]);
+                b.put(base, N::W_RTG.offset, &[w as u16]);
+                b.put(base, N::W_RTG_SF.offset, &[sf as u16]);
+            }
+            121 => {
+                // Settings are fixed in the simulator: WMax is read-only
+                // here (a device may refuse to change it).
+                type B = model121::Model121;
+                let base = b.model::<B>();
+                let (w, sf) = scaled_i16(t.rated_w);
+                b.put(base, B::W_MAX.offset, &[w as u16]);
+                b.put(base, B::W_MAX_SF.offset, &[sf as u16]);
+            }
+            123 => {
+                // Immediate controls: the power limit is writable, at
+                // 100.00 % and disabled until a client writes it.
+                type C = model123::Model123;
+                let base = b.model::<C>();
+                b.put(base, C::W_MAX_LIM_PCT.offset, &[SIM_PCT_FULL]);
+                b.put(base, C::W_MAX_LIM_PCT_SF.offset, &[(-2i16) as u16]);
+                b.put(base, C::W_MAX_LIM_ENA.offset, &[0]);
+                b.put(base, C::CONN.offset, &[1]);
+                b.put(base, C::OUT_PF_SET_SF.offset, &[(-3i16) as u16]);
+                b.put(base, C::V_AR_PCT_SF.offset, &[0x8000]);
+                for p in [
+                    C::W_MAX_LIM_PCT_WIN_TMS,
+                    C::W_MAX_LIM_PCT_RVRT_TMS,
+                    C::W_MAX_LIM_PCT_RMP_TMS,
+                ] {
+                    b.allow(base, &p);
+                }
+                b.allow(base, &C::W_MAX_LIM_PCT);
+                b.allow(base, &C::W_MAX_LIM_ENA);
+            }
             124 => {
                 type S = model124::Model124;
                 let base = b.model::<S>();
@@ -404,9 +503,94 @@ fn map_image(map: &RegisterMap, t: &Truth, na: bool) -> BTreeMap<(u8, u16), u16>
     out
 }
 
+/// 100.00 % of `WMaxLimPct` at the simulator's scale factor (−2).
+const SIM_PCT_FULL: u16 = 10_000;
+
+/// What clients wrote to a unit: register values over its image, and when
+/// the power limit was last written (its reversion timer starts there).
+#[derive(Debug, Default)]
+struct Written {
+    regs: BTreeMap<usize, u16>,
+    limit_since: Option<UnixMs>,
+}
+
 struct UnitState {
     kind: SimKind,
     faults: Arc<UnitFaults>,
+    /// The layout of a SunSpec unit (which registers are writable, where
+    /// each model starts); empty for a map unit.
+    layout: Image,
+    written: Mutex<Written>,
+}
+
+impl UnitState {
+    /// The PV ceiling this unit's model 123 imposes now, W (`None`: no
+    /// limit in force). A limit whose reversion time has passed is disabled
+    /// here, as the device would do.
+    fn pv_cap_w(&self, rated_w: i64, now: UnixMs) -> Option<i64> {
+        type C = model123::Model123;
+        let body = self.layout.body(123)?;
+        let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let get = |w: &Written, off: u16, default: u16| {
+            w.regs
+                .get(&(body + usize::from(off)))
+                .copied()
+                .unwrap_or(default)
+        };
+        if get(&w, C::W_MAX_LIM_ENA.offset, 0) != 1 {
+            return None;
+        }
+        let revert_ms = u64::from(get(&w, C::W_MAX_LIM_PCT_RVRT_TMS.offset, 0)) * 1000;
+        if revert_ms > 0
+            && w.limit_since
+                .is_some_and(|since| now.0 >= since.0.saturating_add(revert_ms))
+        {
+            w.regs
+                .insert(body + usize::from(C::W_MAX_LIM_ENA.offset), 0);
+            return None;
+        }
+        let pct = i64::from(get(&w, C::W_MAX_LIM_PCT.offset, SIM_PCT_FULL));
+        Some(rated_w * pct / i64::from(SIM_PCT_FULL))
+    }
+
+    /// Checks and applies a write of `words` at image index `start`:
+    /// `IllegalDataAddress` (02) for a register that is not writable,
+    /// `IllegalDataValue` (03) for a value the point does not accept.
+    fn write(&self, start: usize, words: &[u16], now: UnixMs) -> Result<(), ExceptionCode> {
+        type C = model123::Model123;
+        let end = start + words.len();
+        if words.is_empty()
+            || self
+                .layout
+                .writable
+                .get(start..end)
+                .is_none_or(|w| w.iter().any(|x| !x))
+        {
+            return Err(ExceptionCode::IllegalDataAddress);
+        }
+        let mut limit = false;
+        for (i, v) in words.iter().enumerate() {
+            if let Some((123, off)) = self.layout.point_at(start + i) {
+                limit = true;
+                let ok = match off {
+                    o if o == C::W_MAX_LIM_PCT.offset => *v <= SIM_PCT_FULL,
+                    o if o == C::W_MAX_LIM_ENA.offset => *v <= 1,
+                    _ => true,
+                };
+                if !ok {
+                    return Err(ExceptionCode::IllegalDataValue);
+                }
+            }
+        }
+        let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, v) in words.iter().enumerate() {
+            w.regs.insert(start + i, *v);
+        }
+        if limit {
+            w.limit_since = Some(now);
+        }
+        Ok(())
+    }
 }
 
 /// The shared state behind every connection to one simulator.
@@ -449,9 +633,24 @@ impl SimState {
             *off = raw;
         }
         let (soc, battery_w) = sim_battery(&self.household, now);
+        let rated_w = (self.household.pv_kwp * 1000.0).round() as i64;
+        let mut pv_w = self.household.pv_power_w(now);
+        let mut grid_w = self.household.grid_power_w(now);
+        // The household has one inverter: a limit on any unit clips its PV,
+        // and what is clipped is no longer exported (the grid meter sees
+        // it). The energy counters follow the unclipped model.
+        for u in self.units.values() {
+            if let Some(cap) = u.pv_cap_w(rated_w, now)
+                && pv_w > cap
+            {
+                grid_w += pv_w - cap;
+                pv_w = cap;
+            }
+        }
         Truth {
-            grid_w: self.household.grid_power_w(now),
-            pv_w: self.household.pv_power_w(now),
+            rated_w,
+            grid_w,
+            pv_w,
             import_wh: raw[0].saturating_sub(off[0]),
             export_wh: raw[1].saturating_sub(off[1]),
             pv_wh: raw[2].saturating_sub(off[2]),
@@ -478,14 +677,33 @@ impl SimState {
         if code != 0 {
             return Outcome::Answer(Err(ExceptionCode::new(code)));
         }
-        let (function, addr, qty) = match req {
-            Request::ReadHoldingRegisters(a, q) => (Function::Holding, *a, *q),
-            Request::ReadInputRegisters(a, q) => (Function::Input, *a, *q),
-            // The simulated devices are read-only.
+        let (function, addr, qty, write) = match req {
+            Request::ReadHoldingRegisters(a, q) => (Function::Holding, *a, *q, None),
+            Request::ReadInputRegisters(a, q) => (Function::Input, *a, *q, None),
+            Request::WriteMultipleRegisters(a, w) => {
+                (Function::Holding, *a, w.len() as u16, Some(w.to_vec()))
+            }
+            Request::WriteSingleRegister(a, w) => (Function::Holding, *a, 1, Some(vec![*w])),
             _ => return Outcome::Answer(Err(ExceptionCode::IllegalFunction)),
         };
         if qty == 0 || qty > 125 {
             return Outcome::Answer(Err(ExceptionCode::IllegalDataValue));
+        }
+        if let Some(words) = write {
+            // Only SunSpec control points are writable; a register-map
+            // meter is read-only everywhere.
+            let SimKind::SunSpec { base, .. } = &u.kind else {
+                return Outcome::Answer(Err(ExceptionCode::IllegalDataAddress));
+            };
+            let Some(start) = addr.checked_sub(*base) else {
+                return Outcome::Answer(Err(ExceptionCode::IllegalDataAddress));
+            };
+            return Outcome::Answer(u.write(usize::from(start), &words, self.clock.now()).map(
+                |()| match req {
+                    Request::WriteSingleRegister(a, w) => Response::WriteSingleRegister(*a, *w),
+                    _ => Response::WriteMultipleRegisters(addr, qty),
+                },
+            ));
         }
         let na = u.faults.not_implemented.load(Ordering::SeqCst);
         let t = self.truth(&u.faults);
@@ -498,7 +716,15 @@ impl SimState {
                 if function != Function::Holding {
                     return Outcome::Answer(Err(ExceptionCode::IllegalFunction));
                 }
-                let image = sunspec_image(unit, models, *unknown_len, &t, na);
+                let mut image = sunspec_image(unit, models, *unknown_len, &t, na).regs;
+                {
+                    let w = u.written.lock().unwrap_or_else(|e| e.into_inner());
+                    for (i, v) in &w.regs {
+                        if let Some(slot) = image.get_mut(*i) {
+                            *slot = *v;
+                        }
+                    }
+                }
                 let Some(start) = addr.checked_sub(*base) else {
                     // Some devices refuse register 0 with IllegalFunction
                     // rather than IllegalDataAddress; discovery must move on
@@ -673,11 +899,21 @@ fn build_state(
     for u in units {
         let f = Arc::new(UnitFaults::default());
         faults.insert(u.unit, Arc::clone(&f));
+        let layout = match &u.kind {
+            SimKind::SunSpec {
+                models,
+                unknown_len,
+                ..
+            } => sunspec_image(u.unit, models, *unknown_len, &Truth::default(), false),
+            SimKind::Map(_) => Image::default(),
+        };
         map.insert(
             u.unit,
             UnitState {
                 kind: u.kind,
                 faults: f,
+                layout,
+                written: Mutex::new(Written::default()),
             },
         );
     }
@@ -791,7 +1027,7 @@ pub async fn spawn_simulator_with_faults(
     let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     let units = vec![
-        SimUnit::sunspec(INVERTER_UNIT, SUNSPEC_BASE, &[1, 103]),
+        SimUnit::sunspec(INVERTER_UNIT, SUNSPEC_BASE, &[1, 103, 120, 121, 123]),
         SimUnit::sunspec(METER_UNIT, SUNSPEC_BASE, &[1, 203]),
     ];
     let (state, _) = build_state(units, household, clock, Some(faults));
@@ -806,6 +1042,7 @@ mod tests {
     #[test]
     fn map_layout_follows_the_crate() {
         let t = Truth {
+            rated_w: 5000,
             grid_w: -1234,
             pv_w: 3000,
             import_wh: 77_000,
@@ -814,7 +1051,7 @@ mod tests {
             soc: 50,
             battery_w: 0,
         };
-        let map = sunspec_image(2, &[1, 203], Some(10), &t, false);
+        let map = sunspec_image(2, &[1, 203], Some(10), &t, false).regs;
         assert_eq!(&map[0..2], &sunspec::SUNS_IDENTIFIER);
         assert_eq!((map[2], map[3]), (1, 66));
         assert_eq!((map[70], map[71]), (UNKNOWN_MODEL_ID, 10));

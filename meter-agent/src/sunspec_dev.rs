@@ -20,15 +20,17 @@
 //! watt; counters are rounded down so they never run ahead of the device.
 
 use crate::capability::{
-    Battery, BatteryValues, DeviceError, GridEnergy, GridMeter, GridValues, PvInverter, PvValues,
+    Battery, BatteryValues, DeviceError, GridEnergy, GridMeter, GridValues, PowerLimit, PvInverter,
+    PvValues,
 };
 use crate::link::{Function, Link, LinkError, from_sunspec};
 use protocol::{WattHours, Watts};
 use sunspec::Value;
 use sunspec::client::{AsyncClient, Config, DiscoveryError};
 use sunspec::models::{
-    model1, model101, model102, model103, model111, model112, model113, model124, model201,
-    model202, model203, model204, model211, model212, model213, model214,
+    model1, model101, model102, model103, model111, model112, model113, model120, model121,
+    model123, model124, model201, model202, model203, model204, model211, model212, model213,
+    model214,
 };
 
 /// The base addresses probed for the `SunS` marker, in order.
@@ -38,6 +40,10 @@ pub const BASES: [u16; 3] = [40000, 0, 50000];
 pub const SUPPORTED_MODELS: [u16; 16] = [
     1, 101, 102, 103, 111, 112, 113, 124, 201, 202, 203, 204, 211, 212, 213, 214,
 ];
+
+/// The control and rating models this module writes or reads for the power
+/// limit: nameplate (120), basic settings (121), immediate controls (123).
+pub const CONTROL_MODELS: [u16; 3] = [120, 121, 123];
 
 /// Why discovery failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -406,6 +412,11 @@ pub struct SunSpecDevice {
     meter: Option<(ModelBlock, MeterPts)>,
     inverter: Option<(ModelBlock, InvPts)>,
     storage: Option<ModelBlock>,
+    /// Immediate controls (123) and the rating block (121, else 120) that
+    /// turns watts into its percentages.
+    controls: Option<(ModelBlock, ModelBlock)>,
+    /// `WMaxLimPct_RvrtTms` written with every limit (0: never reverts).
+    limit_revert_s: u16,
 }
 
 impl SunSpecDevice {
@@ -445,8 +456,11 @@ impl SunSpecDevice {
             },
         })?;
         let m = &dev.models;
-        let found: [(u16, u16, u16); 16] = [
+        let found: [(u16, u16, u16); 19] = [
             (1, m.m1.addr, m.m1.len),
+            (120, m.m120.addr, m.m120.len),
+            (121, m.m121.addr, m.m121.len),
+            (123, m.m123.addr, m.m123.len),
             (101, m.m101.addr, m.m101.len),
             (102, m.m102.addr, m.m102.len),
             (103, m.m103.addr, m.m103.len),
@@ -482,6 +496,11 @@ impl SunSpecDevice {
         let meter = models.iter().find_map(|b| meter_pts(b.id).map(|p| (*b, p)));
         let inverter = models.iter().find_map(|b| inv_pts(b.id).map(|p| (*b, p)));
         let storage = models.iter().copied().find(|b| b.id == 124);
+        let find = |id: u16| models.iter().copied().find(|b| b.id == id);
+        let controls = match (find(123), find(121).or(find(120))) {
+            (Some(c), Some(r)) => Some((c, r)),
+            _ => None,
+        };
         let mut d = SunSpecDevice {
             link: link.clone(),
             unit,
@@ -492,6 +511,8 @@ impl SunSpecDevice {
             meter,
             inverter,
             storage,
+            controls,
+            limit_revert_s: 0,
         };
         d.common = d.read_common().await.ok();
         Ok(d)
@@ -601,6 +622,249 @@ impl Battery for SunSpecDevice {
     }
 }
 
+/// 100 % in the hundredths of a percent the limit API speaks.
+pub const PCT_FULL_CENTI: i64 = 10_000;
+
+/// Hundredths of a percent as text ("-5.00", "101.50").
+fn fmt_centi(v: i64) -> String {
+    let sign = if v < 0 { "-" } else { "" };
+    format!(
+        "{sign}{}.{:02}",
+        v.unsigned_abs() / 100,
+        v.unsigned_abs() % 100
+    )
+}
+
+/// The inverter's active-power limit as model 123 reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LimitStatus {
+    /// `WMaxLim_Ena`: whether the limit is in force.
+    pub enabled: bool,
+    /// `WMaxLimPct` in hundredths of a percent of the rating.
+    pub pct_centi: i64,
+    /// `WMaxLimPct_RvrtTms`, seconds (0: the limit never reverts by itself).
+    pub revert_s: u16,
+    /// The rating the percentage refers to (`WMax` of model 121, else
+    /// `WRtg` of model 120), W.
+    pub rated_w: u64,
+}
+
+impl LimitStatus {
+    /// The ceiling in watts while the limit is enabled (rounded down).
+    pub fn limit_w(&self) -> Option<u64> {
+        let pct = u64::try_from(self.pct_centi).unwrap_or(0);
+        self.enabled
+            .then(|| self.rated_w.saturating_mul(pct) / PCT_FULL_CENTI as u64)
+    }
+}
+
+/// Checks a limit in hundredths of a percent (0–100 %). Pure; called before
+/// any register is written.
+pub fn check_pct(pct_centi: i64) -> Result<(), DeviceError> {
+    if (0..=PCT_FULL_CENTI).contains(&pct_centi) {
+        Ok(())
+    } else {
+        Err(DeviceError::Invalid {
+            point: "WMaxLimPct",
+            why: format!(
+                "limit {} % is outside 0–100 % of the rated power",
+                fmt_centi(pct_centi)
+            ),
+        })
+    }
+}
+
+/// A limit in hundredths of a percent as the `WMaxLimPct` register value
+/// for scale factor `sf` (rounded down: never more power than asked). Pure.
+pub fn pct_to_raw(pct_centi: i64, sf: i16) -> Result<u16, DeviceError> {
+    check_pct(pct_centi)?;
+    let bad = |why: String| DeviceError::Invalid {
+        point: "WMaxLimPct",
+        why,
+    };
+    if !(-10..=10).contains(&sf) {
+        return Err(bad(format!("scale factor {sf}")));
+    }
+    // value = raw × 10^sf %, and pct_centi = value × 100.
+    let e = i32::from(sf) + 2;
+    let raw = if e <= 0 {
+        pct_centi.checked_mul(10i64.pow(e.unsigned_abs()))
+    } else {
+        Some(pct_centi / 10i64.pow(e.unsigned_abs()))
+    };
+    raw.and_then(|r| u16::try_from(r).ok()).ok_or_else(|| {
+        bad(format!(
+            "{} % does not fit the register at scale factor {sf}",
+            fmt_centi(pct_centi)
+        ))
+    })
+}
+
+/// The `WMaxLimPct` register value as hundredths of a percent. Pure.
+pub fn raw_to_pct(raw: u16, sf: i16) -> Result<i64, DeviceError> {
+    if !(-10..=10).contains(&sf) {
+        return Err(DeviceError::Invalid {
+            point: "WMaxLimPct",
+            why: format!("scale factor {sf}"),
+        });
+    }
+    let e = i32::from(sf) + 2;
+    Ok(if e <= 0 {
+        i64::from(raw) / 10i64.pow(e.unsigned_abs())
+    } else {
+        i64::from(raw) * 10i64.pow(e.unsigned_abs())
+    })
+}
+
+type Ctl = model123::Model123;
+/// Registers read from the start of model 123: up to `WMaxLimPct_SF`.
+const CTL_SPAN: u16 = Ctl::W_MAX_LIM_PCT_SF.offset + 1;
+
+impl SunSpecDevice {
+    /// Whether the device has immediate controls (123) and a rating (121 or
+    /// 120), i.e. whether its power can be limited.
+    pub fn has_power_limit(&self) -> bool {
+        self.controls.is_some()
+    }
+
+    /// Writes `WMaxLimPct_RvrtTms = s` with every limit, so that a limit
+    /// lapses by itself if the gateway stops refreshing it (0: never).
+    pub fn with_limit_revert(mut self, s: u16) -> SunSpecDevice {
+        self.limit_revert_s = s;
+        self
+    }
+
+    fn control_blocks(&self) -> Result<(ModelBlock, ModelBlock), DeviceError> {
+        self.controls.ok_or(DeviceError::Unsupported("power limit"))
+    }
+
+    /// The rated power the limit percentage refers to, W.
+    pub async fn rated_power_w(&self) -> Result<u64, DeviceError> {
+        let (_, r) = self.control_blocks()?;
+        let (w, sf) = if r.id == 121 {
+            type B = model121::Model121;
+            let regs = self
+                .block(r, &[B::W_MAX.offset, B::W_MAX_SF.offset])
+                .await?;
+            (
+                get_u16(&regs, B::W_MAX.offset, "WMax")?,
+                get_i16(&regs, B::W_MAX_SF.offset, "WMax_SF")?,
+            )
+        } else {
+            type N = model120::Model120;
+            let regs = self
+                .block(r, &[N::W_RTG.offset, N::W_RTG_SF.offset])
+                .await?;
+            (
+                get_u16(&regs, N::W_RTG.offset, "WRtg")?,
+                get_i16(&regs, N::W_RTG_SF.offset, "WRtg_SF")?,
+            )
+        };
+        let rated = scale_u(u64::from(w), sf, "WMax")?;
+        if rated == 0 {
+            return Err(DeviceError::Invalid {
+                point: "WMax",
+                why: "rated power is 0 W".into(),
+            });
+        }
+        Ok(rated)
+    }
+
+    async fn read_controls(&self) -> Result<(Vec<u16>, i16), DeviceError> {
+        let (c, _) = self.control_blocks()?;
+        let n = CTL_SPAN.min(c.len);
+        let regs = self
+            .link
+            .read(self.unit, Function::Holding, c.addr, n)
+            .await?;
+        let sf = get_i16(&regs, Ctl::W_MAX_LIM_PCT_SF.offset, "WMaxLimPct_SF")?;
+        Ok((regs, sf))
+    }
+
+    /// Reads the limit currently in force.
+    pub async fn read_power_limit(&self) -> Result<LimitStatus, DeviceError> {
+        let rated_w = self.rated_power_w().await?;
+        let (regs, sf) = self.read_controls().await?;
+        Ok(LimitStatus {
+            enabled: get_u16(&regs, Ctl::W_MAX_LIM_ENA.offset, "WMaxLim_Ena")? == 1,
+            pct_centi: raw_to_pct(get_u16(&regs, Ctl::W_MAX_LIM_PCT.offset, "WMaxLimPct")?, sf)?,
+            revert_s: get_u16(
+                &regs,
+                Ctl::W_MAX_LIM_PCT_RVRT_TMS.offset,
+                "WMaxLimPct_RvrtTms",
+            )
+            .unwrap_or(0),
+            rated_w,
+        })
+    }
+
+    /// Sets (`Some`, hundredths of a percent of the rated power, 0–100 %) or
+    /// releases (`None`) the active-power limit: one write-multiple-registers
+    /// request over `WMaxLimPct` … `WMaxLim_Ena` (window and ramp time 0:
+    /// at once), then a read-back that must show what was written. A value
+    /// outside 0–100 % is refused before anything is written.
+    pub async fn set_power_limit_pct(
+        &self,
+        pct_centi: Option<i64>,
+    ) -> Result<LimitStatus, DeviceError> {
+        if let Some(p) = pct_centi {
+            check_pct(p)?;
+        }
+        let (c, _) = self.control_blocks()?;
+        let (_, sf) = self.read_controls().await?;
+        let (addr, words, raw) = match pct_centi {
+            Some(p) => {
+                let raw = pct_to_raw(p, sf)?;
+                // WMaxLimPct, _WinTms, _RvrtTms, _RmpTms, WMaxLim_Ena.
+                let words = vec![raw, 0, self.limit_revert_s, 0, 1];
+                (Ctl::W_MAX_LIM_PCT.offset, words, Some(raw))
+            }
+            None => (Ctl::W_MAX_LIM_ENA.offset, vec![0], None),
+        };
+        self.link.write(self.unit, c.addr + addr, &words).await?;
+        let status = self.read_power_limit().await?;
+        let (regs, _) = self.read_controls().await?;
+        let got_raw = get_u16(&regs, Ctl::W_MAX_LIM_PCT.offset, "WMaxLimPct")?;
+        let confirmed = match raw {
+            Some(raw) => status.enabled && got_raw == raw,
+            None => !status.enabled,
+        };
+        if !confirmed {
+            return Err(DeviceError::Invalid {
+                point: "WMaxLimPct",
+                why: format!(
+                    "write not confirmed: wrote {words:?}, device reports WMaxLimPct={got_raw}, \
+                     WMaxLim_Ena={}",
+                    u8::from(status.enabled)
+                ),
+            });
+        }
+        Ok(status)
+    }
+}
+
+impl PowerLimit for SunSpecDevice {
+    /// Converts watts into a percentage of the rated power (rounded down); a
+    /// ceiling at or above the rating is written as 100 %.
+    async fn set_power_limit(&self, limit: Option<Watts>) -> Result<(), DeviceError> {
+        match limit {
+            Some(Watts(w)) if w < 0 => Err(DeviceError::Invalid {
+                point: "WMaxLimPct",
+                why: format!("negative limit {w} W"),
+            }),
+            Some(Watts(w)) => {
+                self.control_blocks()?;
+                let rated = i128::from(self.rated_power_w().await?);
+                let pct = (i128::from(w) * i128::from(PCT_FULL_CENTI) / rated)
+                    .min(i128::from(PCT_FULL_CENTI));
+                let pct = i64::try_from(pct).unwrap_or(PCT_FULL_CENTI);
+                self.set_power_limit_pct(Some(pct)).await.map(|_| ())
+            }
+            None => self.set_power_limit_pct(None).await.map(|_| ()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -657,5 +921,29 @@ mod tests {
         assert_eq!(float_counter(12.9, "x"), Ok(12));
         assert!(float_counter(-1.0, "x").is_err());
         assert_eq!(float_power(-12.5, "x"), Ok(-13));
+    }
+
+    #[test]
+    fn limit_percentages_follow_the_scale_factor() {
+        assert_eq!(pct_to_raw(5_000, -2), Ok(5_000));
+        assert_eq!(pct_to_raw(5_055, -1), Ok(505));
+        assert_eq!(pct_to_raw(10_000, 0), Ok(100));
+        assert_eq!(pct_to_raw(5_000, -3), Ok(50_000));
+        assert_eq!(raw_to_pct(505, -1), Ok(5_050));
+        assert_eq!(raw_to_pct(100, 0), Ok(10_000));
+        assert!(pct_to_raw(10_001, -2).is_err());
+        let Err(DeviceError::Invalid { why, .. }) = pct_to_raw(-500, -2) else {
+            panic!("negative accepted");
+        };
+        assert!(why.contains("-5.00 %"), "{why}");
+        // 100 % at scale factor −4 is 1,000,000: does not fit a u16.
+        assert!(pct_to_raw(10_000, -4).is_err());
+        let st = LimitStatus {
+            enabled: true,
+            pct_centi: 2_500,
+            revert_s: 0,
+            rated_w: 8_000,
+        };
+        assert_eq!(st.limit_w(), Some(2_000));
     }
 }

@@ -1,10 +1,15 @@
-//! The poller against the simulator over real TCP, and the outbox on real
-//! SQLite files.
+//! The demo household's SunSpec devices read through `link`/`devices`
+//! from the simulator over real TCP, and the outbox on real SQLite files.
+//! (Ported from the walking skeleton's poller, which `devices` replaced;
+//! every assertion keeps its intent.)
 
+use meter_agent::capability::{DeviceError, GridMeter, PvInverter};
+use meter_agent::devices::{AnyDevice, DeviceConfig, DeviceKind, DeviceSetup, Devices};
+use meter_agent::link::{Link, LinkError, Transport};
 use meter_agent::outbox::{AckApplied, Outbox};
-use meter_agent::poller::{PollError, SunSpecPoller};
 use meter_agent::sim::HouseholdMeters;
 use meter_agent::simulator::{INVERTER_UNIT, METER_UNIT};
+use meter_agent::sunspec_dev::{DiscoverError, SunSpecDevice};
 use meter_agent::{SimFaults, SimHousehold, spawn_simulator, spawn_simulator_with_faults};
 use protocol::{Clock, Domain, ManualClock, MeterId, SignedEnvelope, UnixMs};
 use std::net::SocketAddr;
@@ -31,22 +36,71 @@ fn sunny_household() -> SimHousehold {
         .expect("some household exports at noon in June")
 }
 
+/// The demo layout as an agent configures it: grid meter and inverter, each
+/// SunSpec over its own TCP connection.
+fn setup(addr: SocketAddr) -> DeviceSetup {
+    DeviceSetup {
+        grid: DeviceConfig {
+            transport: Transport::Tcp(addr),
+            unit: METER_UNIT,
+            kind: DeviceKind::SunSpec,
+        },
+        pv: Some(DeviceConfig {
+            transport: Transport::Tcp(addr),
+            unit: INVERTER_UNIT,
+            kind: DeviceKind::SunSpec,
+        }),
+        timeout: T,
+    }
+}
+
+/// Discovers both devices of the demo layout.
+async fn discover(
+    addr: SocketAddr,
+    clock: Arc<dyn Clock>,
+) -> (Devices, SunSpecDevice, SunSpecDevice) {
+    let mut devices = Devices::new(&setup(addr), clock);
+    let AnyDevice::SunSpec(met) = devices.grid.get().await.expect("meter discovery").clone() else {
+        panic!("grid meter configured as SunSpec");
+    };
+    let AnyDevice::SunSpec(inv) = devices
+        .pv
+        .as_mut()
+        .expect("inverter configured")
+        .get()
+        .await
+        .expect("inverter discovery")
+        .clone()
+    else {
+        panic!("inverter configured as SunSpec");
+    };
+    (devices, inv, met)
+}
+
 #[tokio::test]
-async fn poller_discovers_and_reads_exact_values_with_signs() {
+async fn devices_discover_and_read_exact_values_with_signs() {
     let h = sunny_household();
     let clock = Arc::new(ManualClock::new(UnixMs(JUNE_21_NOON)));
     let (addr, server) = spawn_simulator(local(), h.clone(), clock.clone())
         .await
         .expect("simulator");
 
-    let poller = SunSpecPoller::connect(addr, Some(INVERTER_UNIT), METER_UNIT, T)
-        .await
-        .expect("discovery");
-    let (inv, met) = poller.models();
-    let inv = inv.expect("inverter discovered");
+    let (_devices, inv_dev, met_dev) = discover(addr, clock.clone()).await;
+    let inv = *inv_dev
+        .models
+        .iter()
+        .find(|b| b.id == 103)
+        .expect("inverter model");
+    let met = *met_dev
+        .models
+        .iter()
+        .find(|b| b.id == 203)
+        .expect("meter model");
     // SunS (2) + common header (2) + common body (66) + model header (2).
     assert_eq!((inv.id, inv.addr, inv.len), (103, 40072, 50));
     assert_eq!((met.id, met.addr, met.len), (203, 40072, 105));
+    assert!(inv_dev.has_inverter() && !inv_dev.has_meter());
+    assert!(met_dev.has_meter() && !met_dev.has_inverter());
 
     // The model of the same household, advanced the same way.
     let mut model = HouseholdMeters::new(&h, UnixMs(JUNE_21_NOON));
@@ -54,44 +108,36 @@ async fn poller_discovers_and_reads_exact_values_with_signs() {
     clock.set(t1);
     model.advance(&h, t1);
 
-    let m = poller.read_meter().await.expect("meter read");
-    let i = poller
-        .read_inverter()
-        .await
-        .expect("inverter configured")
-        .expect("inverter read");
-    assert_eq!(m.power_w, h.grid_power_w(t1));
+    let m = met_dev.read_grid().await.expect("meter read");
+    let i = inv_dev.read_pv().await.expect("inverter read");
+    assert_eq!(m.power.0, h.grid_power_w(t1));
     assert!(
-        m.power_w < 0,
+        m.power.0 < 0,
         "noon in June exports: negative grid power, got {}",
-        m.power_w
+        m.power.0
     );
-    assert_eq!(m.import_wh, model.import.wh());
-    assert_eq!(m.export_wh, model.export.wh());
-    assert_eq!(i.power_w, h.pv_power_w(t1));
-    assert!(i.power_w > 0);
-    assert_eq!(i.energy_wh, model.pv.wh());
+    assert_eq!(m.energy.import_wh.0, model.import.wh());
+    assert_eq!(m.energy.export_wh.0, model.export.wh());
+    assert_eq!(i.power.0, h.pv_power_w(t1));
+    assert!(i.power.0 > 0);
+    assert_eq!(i.energy.0, model.pv.wh());
     assert!(!i.fault);
 
     // A quarter hour of export moved the export counter, not the import one.
     let m0 = HouseholdMeters::new(&h, UnixMs(JUNE_21_NOON));
-    assert!(m.export_wh > m0.export.wh());
+    assert!(m.energy.export_wh.0 > m0.export.wh());
 
     // At night the same household imports.
     clock.set(UnixMs(JUNE_21_NIGHT));
-    let night = poller.read_meter().await.expect("meter read");
+    let night = met_dev.read_grid().await.expect("meter read");
     assert!(
-        night.power_w > 0,
+        night.power.0 > 0,
         "night imports: positive grid power, got {}",
-        night.power_w
+        night.power.0
     );
-    assert_eq!(night.power_w, h.grid_power_w(UnixMs(JUNE_21_NIGHT)));
-    let pv_night = poller
-        .read_inverter()
-        .await
-        .expect("configured")
-        .expect("read");
-    assert_eq!(pv_night.power_w, 0);
+    assert_eq!(night.power.0, h.grid_power_w(UnixMs(JUNE_21_NIGHT)));
+    let pv_night = inv_dev.read_pv().await.expect("read");
+    assert_eq!(pv_night.power.0, 0);
     server.abort();
 }
 
@@ -102,17 +148,10 @@ async fn counters_are_monotonic_over_tcp() {
     let (addr, server) = spawn_simulator(local(), h.clone(), clock.clone())
         .await
         .expect("simulator");
-    let poller = SunSpecPoller::connect(addr, Some(INVERTER_UNIT), METER_UNIT, T)
-        .await
-        .expect("discovery");
-    let first = poller.read_meter().await.expect("read");
-    let first_pv = poller
-        .read_inverter()
-        .await
-        .expect("configured")
-        .expect("read")
-        .energy_wh;
-    let (mut imp, mut exp, mut pv) = (first.import_wh, first.export_wh, first_pv);
+    let (_devices, inv, met) = discover(addr, clock.clone()).await;
+    let first = met.read_grid().await.expect("read").energy;
+    let first_pv = inv.read_pv().await.expect("read").energy.0;
+    let (mut imp, mut exp, mut pv) = (first.import_wh.0, first.export_wh.0, first_pv);
     for step in 1..=96u64 {
         // A day in uneven steps, with an occasional step back in time, which
         // must not move any counter backwards.
@@ -121,20 +160,16 @@ async fn counters_are_monotonic_over_tcp() {
         if step % 10 == 0 {
             clock.set(UnixMs(t - 600_000));
         }
-        let m = poller.read_meter().await.expect("read");
-        let p = poller
-            .read_inverter()
-            .await
-            .expect("configured")
-            .expect("read");
+        let m = met.read_grid().await.expect("read").energy;
+        let p = inv.read_pv().await.expect("read").energy.0;
         assert!(
-            m.import_wh >= imp && m.export_wh >= exp && p.energy_wh >= pv,
+            m.import_wh.0 >= imp && m.export_wh.0 >= exp && p >= pv,
             "step {step}"
         );
-        (imp, exp, pv) = (m.import_wh, m.export_wh, p.energy_wh);
+        (imp, exp, pv) = (m.import_wh.0, m.export_wh.0, p);
     }
-    assert!(imp > first.import_wh, "a night imports energy");
-    assert!(exp > first.export_wh, "an afternoon exports energy");
+    assert!(imp > first.import_wh.0, "a night imports energy");
+    assert!(exp > first.export_wh.0, "an afternoon exports energy");
     assert!(pv > first_pv);
     server.abort();
 }
@@ -144,7 +179,7 @@ async fn unknown_registers_and_failed_devices_are_exceptions_not_values() {
     let h = SimHousehold::from_seed(2);
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(UnixMs(JUNE_21_NOON)));
     let faults = Arc::new(SimFaults::default());
-    let (addr, server) = spawn_simulator_with_faults(local(), h, clock, faults.clone())
+    let (addr, server) = spawn_simulator_with_faults(local(), h, clock.clone(), faults.clone())
         .await
         .expect("simulator");
 
@@ -170,51 +205,57 @@ async fn unknown_registers_and_failed_devices_are_exceptions_not_values() {
         .expect("SunS");
     assert_eq!(marker, vec![0x5375, 0x6e53]);
 
-    let poller = SunSpecPoller::connect(addr, Some(INVERTER_UNIT), METER_UNIT, T)
-        .await
-        .expect("discovery");
+    let (devices, _inv, met) = discover(addr, clock).await;
+    let connects = devices.grid.link.connects().await;
     faults.meter_failed.store(true, Ordering::SeqCst);
-    let err = poller
-        .read_meter()
+    let err = met
+        .read_grid()
         .await
         .expect_err("failed device gives no value");
     assert!(
         matches!(
             err,
-            PollError::Exception {
+            DeviceError::Link(LinkError::Exception {
                 unit: METER_UNIT,
                 ..
-            }
+            })
         ),
         "{err:?}"
     );
     assert!(
-        !err.needs_reconnect(),
+        !err.is_link_failure(),
         "an exception is not a transport error"
     );
     faults.meter_failed.store(false, Ordering::SeqCst);
-    poller
-        .read_meter()
-        .await
-        .expect("device back, same connection");
+    met.read_grid().await.expect("device back, same connection");
+    assert_eq!(
+        devices.grid.link.connects().await,
+        connects,
+        "same connection"
+    );
 
     // Transport failure: the server goes away.
     server.abort();
     let _ = server.await;
-    let err = poller.read_meter().await.expect_err("no server");
-    assert!(err.needs_reconnect(), "{err:?}");
+    let err = met.read_grid().await.expect_err("no server");
+    assert!(err.is_link_failure(), "{err:?}");
 }
 
 #[tokio::test]
 async fn discovery_without_sunspec_map_fails_cleanly() {
     let h = SimHousehold::from_seed(2);
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(UnixMs(JUNE_21_NOON)));
-    let (addr, server) = spawn_simulator(local(), h, clock).await.expect("simulator");
-    // Unit 9 has no device behind the simulator's "gateway".
-    let err = SunSpecPoller::connect(addr, None, 9, T)
+    let (addr, server) = spawn_simulator(local(), h, clock.clone())
+        .await
+        .expect("simulator");
+    // Unit 9 has no device behind the simulator's "gateway": every base
+    // answers with an exception, which is an answer, not a broken link.
+    let link = Link::tcp(addr, T, clock);
+    let err = SunSpecDevice::discover(&link, 9)
         .await
         .expect_err("no device");
-    assert!(!err.needs_reconnect(), "{err:?}");
+    assert_eq!(err, DiscoverError::NotSunSpec { unit: 9 });
+    assert_eq!(link.connects().await, 1, "no reconnect needed: {err:?}");
     server.abort();
 }
 
