@@ -700,3 +700,202 @@ async fn pymodbus_device_with_a_foreign_sunspec_layout() {
     assert_eq!(b.soc_pct, Some(57), "ChaState 573 × 10^-1 rounds down");
     let _ = child.kill().await;
 }
+
+/// The inverter power limit (SunSpec 123) written over real TCP: a limit is
+/// written with write-multiple-registers and read back, the simulated PV
+/// obeys it (and the grid meter sees the clipped export), releasing it
+/// restores full power, a reversion time lapses it, illegal values never
+/// reach the wire, and a write to a read-only register is a device's
+/// exception, not a broken link.
+#[tokio::test]
+async fn inverter_power_limit_written_over_modbus() {
+    use meter_agent::capability::PowerLimit;
+    use meter_agent::sunspec_dev::PCT_FULL_CENTI;
+    use protocol::Watts;
+
+    let h = (0..200)
+        .map(SimHousehold::from_seed)
+        .find(|h| h.pv_power_w(UnixMs(JUNE_21_NOON)) > 3_000)
+        .expect("a sunny household");
+    let rated = (h.pv_kwp * 1000.0).round() as i64;
+    let full = h.pv_power_w(UnixMs(JUNE_21_NOON));
+    let clock = Arc::new(ManualClock::new(UnixMs(JUNE_21_NOON)));
+    let sim = spawn_devices(
+        local(),
+        vec![
+            // Rating from model 121 on unit 1, from model 120 only on unit 3.
+            SimUnit::sunspec(1, 40000, &[1, 103, 120, 121, 123]),
+            SimUnit::sunspec(2, 40000, &[1, 203]),
+            SimUnit::sunspec(3, 0, &[1, 113, 120, 123]),
+            SimUnit::sunspec(4, 40000, &[1, 101]),
+        ],
+        h.clone(),
+        clock.clone(),
+    )
+    .await
+    .expect("simulator");
+    let link = Link::tcp(sim.addr, T, clock.clone());
+    let inv = SunSpecDevice::discover(&link, 1).await.expect("discover 1");
+    let meter = SunSpecDevice::discover(&link, 2).await.expect("discover 2");
+    assert!(inv.has_power_limit());
+    assert_eq!(inv.rated_power_w().await, Ok(rated as u64));
+    let st = inv.read_power_limit().await.expect("read limit");
+    assert!(!st.enabled);
+    assert_eq!(st.pct_centi, PCT_FULL_CENTI);
+    let grid_full = meter.read_grid().await.expect("grid").power.0;
+    assert_eq!(inv.read_pv().await.expect("pv").power.0, full);
+
+    // 25.00 %: written, read back, obeyed by the inverter and seen by the
+    // grid meter as less export.
+    let st = inv
+        .set_power_limit_pct(Some(2_500))
+        .await
+        .expect("limit set");
+    assert!(st.enabled);
+    assert_eq!(st.pct_centi, 2_500);
+    let cap = rated * 2_500 / 10_000;
+    assert_eq!(st.limit_w(), Some(cap as u64));
+    assert!(cap < full, "the cap must bite: {cap} W vs {full} W");
+    assert_eq!(inv.read_pv().await.expect("pv").power.0, cap);
+    assert_eq!(
+        meter.read_grid().await.expect("grid").power.0,
+        grid_full + (full - cap)
+    );
+    // Another client sees the same registers.
+    let other = Link::tcp(sim.addr, T, clock.clone());
+    let b123 = *inv.models.iter().find(|b| b.id == 123).expect("123");
+    let regs = other
+        .read(1, Function::Holding, b123.addr, 22)
+        .await
+        .expect("raw read");
+    assert_eq!((regs[3], regs[7], regs[21] as i16), (2_500, 1, -2));
+
+    // Illegal values are refused before anything is written: over 100 %,
+    // negative percent, negative watts. The registers still hold 25 %.
+    for bad in [10_001, 15_000, -1, -500] {
+        let e = inv
+            .set_power_limit_pct(Some(bad))
+            .await
+            .expect_err("illegal limit accepted");
+        let DeviceError::Invalid { point, why } = &e else {
+            panic!("{bad}: expected a validation error, got {e:?}");
+        };
+        assert_eq!(*point, "WMaxLimPct");
+        assert!(why.contains("outside 0–100 %"), "{why}");
+    }
+    let e = inv
+        .set_power_limit(Some(Watts(-100)))
+        .await
+        .expect_err("negative watts");
+    assert!(e.to_string().contains("negative limit -100 W"), "{e}");
+    assert_eq!(inv.read_power_limit().await.expect("read").pct_centi, 2_500);
+    // ... and truly without IO: with the simulator gone they still fail as
+    // validation errors, not link errors (checked at the end).
+
+    // Watts through the capability trait: 1 kW becomes 1000/rated, rounded
+    // down, and the inverter never makes more than 1 kW.
+    inv.set_power_limit(Some(Watts(1_000))).await.expect("1 kW");
+    let pv = inv.read_pv().await.expect("pv").power.0;
+    assert!(pv <= 1_000 && pv > 990, "PV {pv} W under a 1 kW cap");
+    // A ceiling above the rating is 100 %.
+    inv.set_power_limit(Some(Watts(rated * 3)))
+        .await
+        .expect("above rating");
+    assert_eq!(
+        inv.read_power_limit().await.expect("read").pct_centi,
+        PCT_FULL_CENTI
+    );
+
+    // Releasing restores full power.
+    inv.set_power_limit(None).await.expect("release");
+    assert!(!inv.read_power_limit().await.expect("read").enabled);
+    assert_eq!(inv.read_pv().await.expect("pv").power.0, full);
+    assert_eq!(meter.read_grid().await.expect("grid").power.0, grid_full);
+
+    // A reversion time: the limit lapses by itself once it has passed.
+    let timed = inv.clone().with_limit_revert(60);
+    timed
+        .set_power_limit_pct(Some(1_000))
+        .await
+        .expect("timed limit");
+    assert_eq!(timed.read_power_limit().await.expect("read").revert_s, 60);
+    clock.set(UnixMs(JUNE_21_NOON + 59_000));
+    assert!(timed.read_pv().await.expect("pv").power.0 <= rated / 10);
+    clock.set(UnixMs(JUNE_21_NOON + 60_000));
+    let after = h.pv_power_w(UnixMs(JUNE_21_NOON + 60_000));
+    assert_eq!(timed.read_pv().await.expect("pv").power.0, after);
+    assert!(!timed.read_power_limit().await.expect("read").enabled);
+
+    // A float inverter whose only rating is the nameplate (120), at base 0.
+    let inv3 = SunSpecDevice::discover(&link, 3).await.expect("discover 3");
+    assert_eq!(inv3.base, 0);
+    assert_eq!(inv3.rated_power_w().await, Ok(rated as u64));
+    inv3.set_power_limit_pct(Some(5_000)).await.expect("50 %");
+    assert!(inv3.read_pv().await.expect("pv").power.0 <= rated / 2);
+    inv3.set_power_limit(None).await.expect("release 3");
+
+    // No immediate controls: the capability is unsupported, nothing written.
+    let inv4 = SunSpecDevice::discover(&link, 4).await.expect("discover 4");
+    assert!(!inv4.has_power_limit());
+    assert_eq!(
+        inv4.set_power_limit(Some(Watts(500))).await,
+        Err(DeviceError::Unsupported("power limit"))
+    );
+
+    // Writes the device refuses are its exceptions, and the link stays up:
+    // a read-only register (the inverter's W) gets 02, a limit over 100 %
+    // written raw gets 03, a model without writable points 02.
+    let connects = link.connects().await;
+    let b103 = *inv.models.iter().find(|b| b.id == 103).expect("103");
+    // W is at offset 12 of model 103 (read-only in the SunSpec definition).
+    let w_addr = b103.addr + 12;
+    assert_eq!(
+        link.write(1, w_addr, &[0]).await,
+        Err(LinkError::Exception {
+            unit: 1,
+            code: ExceptionCode::IllegalDataAddress
+        })
+    );
+    assert_eq!(
+        link.write(1, b123.addr + 3, &[10_001]).await,
+        Err(LinkError::Exception {
+            unit: 1,
+            code: ExceptionCode::IllegalDataValue
+        })
+    );
+    // A write that runs from a writable into a read-only register.
+    assert_eq!(
+        link.write(1, b123.addr + 7, &[1, 0]).await,
+        Err(LinkError::Exception {
+            unit: 1,
+            code: ExceptionCode::IllegalDataAddress
+        })
+    );
+    assert_eq!(
+        link.connects().await,
+        connects,
+        "no reconnect after exceptions"
+    );
+    assert_eq!(
+        inv.read_pv().await.expect("pv after exceptions").power.0,
+        after
+    );
+    assert!(!inv.read_power_limit().await.expect("read").enabled);
+
+    // With the simulator gone, illegal values are still validation errors:
+    // they never reached the link.
+    sim.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    link.disconnect().await;
+    for bad in [10_001, -1] {
+        assert!(matches!(
+            inv.set_power_limit_pct(Some(bad)).await,
+            Err(DeviceError::Invalid { .. })
+        ));
+    }
+    assert!(matches!(
+        inv.set_power_limit(Some(Watts(-5))).await,
+        Err(DeviceError::Invalid { .. })
+    ));
+    assert!(inv.set_power_limit_pct(Some(5_000)).await.is_err());
+}
