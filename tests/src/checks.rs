@@ -168,3 +168,22 @@ pub async fn audit_intervals(
         .expect("the settlement chain verifies") as u64;
     a
 }
+
+/// Waits until every interval up to `target` is settled (real seconds).
+pub async fn wait_settled_through(pool: &SqlitePool, target: IntervalId, secs: u64) {
+    crate::util::wait_for(
+        "every ordered interval to be cleared and settled",
+        std::time::Duration::from_secs(secs),
+        || async {
+            let settled: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(interval_start) FROM settlements")
+                    .fetch_one(pool)
+                    .await
+                    .ok()?;
+            settled
+                .is_some_and(|s| s >= i64::try_from(target.0).unwrap_or(i64::MAX))
+                .then_some(())
+        },
+    )
+    .await;
+}
