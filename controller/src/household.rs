@@ -6,6 +6,10 @@
 //! market view, and the household's own trades make up today's bill (shown
 //! in Home Assistant).
 //!
+//! Device decisions (an export limit when exporting costs money, a battery
+//! mode) go to the devices through [`crate::actuate::Actuator`] when one is
+//! given ([`run_controller_with`]); without one they are only logged.
+//!
 //! History: the strategy's consumption profile looks a week back, so the
 //! controller keeps eight days of observations, thinned to one a minute
 //! outside the recent window (a week of 1 s readings would be 600,000).
@@ -62,6 +66,8 @@ pub struct ControllerStats {
     pub bill_day: AtomicU64,
     /// Recent clearing prices (oldest first) for the strategy.
     pub recent_prices: Mutex<VecDeque<Option<MicroPerKwh>>>,
+    /// What the device decisions did (see [`crate::actuate`]).
+    pub actuation: Arc<crate::actuate::ActuationStats>,
 }
 
 impl ControllerStats {
@@ -104,15 +110,32 @@ pub fn nonce_for(target: IntervalId, step: usize) -> u64 {
         .saturating_add(u64::try_from(step).unwrap_or(999).min(999))
 }
 
-/// Runs the controller until `shutdown` turns true.
+/// Runs the controller until `shutdown` turns true; device decisions are
+/// only logged.
 pub async fn run_controller(
+    cfg: ControllerConfig,
+    key: SigningKey,
+    clock: Arc<dyn Clock>,
+    readings: watch::Receiver<Option<Reading>>,
+    shutdown: watch::Receiver<bool>,
+    stats: Arc<ControllerStats>,
+) -> Result<(), rumqttc::ClientError> {
+    run_controller_with(cfg, key, clock, readings, shutdown, stats, None).await
+}
+
+/// [`run_controller`], sending the strategy's device decisions through
+/// `actuator` (its counters are shared into `stats.actuation`).
+pub async fn run_controller_with(
     cfg: ControllerConfig,
     key: SigningKey,
     clock: Arc<dyn Clock>,
     mut readings: watch::Receiver<Option<Reading>>,
     mut shutdown: watch::Receiver<bool>,
     stats: Arc<ControllerStats>,
+    actuator: Option<crate::actuate::Actuator>,
 ) -> Result<(), rumqttc::ClientError> {
+    let mut actuator = actuator.map(|a| a.with_stats(Arc::clone(&stats.actuation)));
+    let mut latest: Option<Reading> = None;
     let mut opts = MqttOptions::new(
         format!("vs-ctl-{}-{}", cfg.grid, cfg.household),
         &cfg.broker_host,
@@ -194,6 +217,7 @@ pub async fn run_controller(
                     if changed.is_err() { break; }
                     if let Some(r) = readings.borrow_and_update().as_ref() {
                         observe(&mut history, r);
+                        latest = Some(r.clone());
                     }
                 }
                 _ = shutdown.changed() => {
@@ -225,9 +249,9 @@ pub async fn run_controller(
         };
         let decided = plan_interval(&obs, &market, target, &cfg.strategy);
         if let Some(limit) = decided.curtail_export_w {
-            info!(household = %cfg.household, interval = target.0, export_limit_w = limit.0, "curtailment advised");
+            info!(household = %cfg.household, interval = target.0, export_limit_w = limit.0, "curtailment decided");
         }
-        let planned = decided.orders;
+        let planned = &decided.orders;
         for (step, p) in planned.iter().enumerate() {
             let order = Order {
                 grid: cfg.grid.clone(),
@@ -256,6 +280,11 @@ pub async fn run_controller(
         }
         if !planned.is_empty() {
             info!(household = %cfg.household, interval = target.0, orders = planned.len(), side = ?planned[0].side, "orders placed");
+        }
+        // After the orders, so that a slow or absent device never delays
+        // trading; the actuator logs and counts each outcome itself.
+        if let Some(a) = actuator.as_mut() {
+            a.apply(&decided, latest.as_ref()).await;
         }
     }
 }

@@ -3,6 +3,7 @@
 //! controller, clearing engine, dashboard) into one process, including the
 //! simulated microgrid of `voltshare demo`.
 
+pub mod actuate;
 pub mod bench;
 pub mod broker;
 pub mod chain_cli;

@@ -89,12 +89,77 @@ pub fn scan(a: ScanArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// What a scan found, for the config snippet.
+#[derive(Debug, Default)]
+struct Found {
+    /// SunSpec grid meters and inverters, by unit id, in scan order.
+    meters: Vec<u8>,
+    inverters: Vec<u8>,
+    /// Devices the `[meter_agent]` section cannot name yet: (unit, what).
+    other: Vec<(u8, String)>,
+}
+
+impl Found {
+    fn is_empty(&self) -> bool {
+        self.meters.is_empty() && self.inverters.is_empty() && self.other.is_empty()
+    }
+
+    /// A `[meter_agent]` section in the format of `controller::config`
+    /// (SunSpec grid meter and inverter behind one Modbus TCP address),
+    /// ready to paste into a gateway config; what it cannot express is
+    /// listed as comments.
+    fn snippet(&self, t: &Transport) -> String {
+        let mut s = String::new();
+        let tcp = match t {
+            Transport::Tcp(a) => Some(*a),
+            Transport::Rtu { .. } => None,
+        };
+        match (tcp, self.meters.first()) {
+            (Some(addr), Some(meter)) => {
+                s.push_str("[meter_agent]\nenabled = true\n");
+                s.push_str("# A name for this metering point (letters, digits, '-', '_').\n");
+                s.push_str("meter = \"main\"\n");
+                s.push_str(&format!("modbus = \"{addr}\"\nmeter_unit = {meter}\n"));
+                match self.inverters.first() {
+                    Some(inv) => s.push_str(&format!("inverter_unit = {inv}\n")),
+                    None => s.push_str("# No SunSpec inverter found.\ninverter_unit = 0\n"),
+                }
+                s.push_str("poll_ms = 1000\n");
+            }
+            (Some(_), None) => {
+                s.push_str("# No SunSpec grid meter found: [meter_agent] needs one.\n");
+            }
+            (None, _) => s.push_str(
+                "# [meter_agent] reads Modbus TCP only for now; share this RS-485 bus\n\
+                 # over TCP with `voltshare proxy --serial ...` and scan the proxy.\n",
+            ),
+        }
+        for u in self.meters.iter().skip(1) {
+            s.push_str(&format!(
+                "# Further SunSpec meter at unit {u} (not used).\n"
+            ));
+        }
+        for u in self.inverters.iter().skip(1) {
+            s.push_str(&format!(
+                "# Further SunSpec inverter at unit {u} (not used).\n"
+            ));
+        }
+        for (u, what) in &self.other {
+            s.push_str(&format!(
+                "# Unit {u}: {what}; register-map devices cannot be configured in\n\
+                 # [meter_agent] yet.\n"
+            ));
+        }
+        s
+    }
+}
+
 /// The scan itself, returning the report (for tests and the CLI).
 pub async fn scan_units(t: Transport, units: Vec<u8>, timeout: Duration) -> String {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let link = Link::new(t.clone(), timeout, clock);
     let mut report = String::new();
-    let mut snippet = String::new();
+    let mut found = Found::default();
     for unit in units {
         match SunSpecDevice::discover(&link, unit).await {
             Ok(d) => {
@@ -107,18 +172,13 @@ pub async fn scan_units(t: Transport, units: Vec<u8>, timeout: Duration) -> Stri
                     c.model,
                     c.serial
                 ));
-                let role = if d.has_meter() {
-                    "grid"
+                if d.has_meter() {
+                    found.meters.push(unit);
                 } else if d.has_inverter() {
-                    "pv"
+                    found.inverters.push(unit);
                 } else if d.has_storage() {
-                    "battery"
-                } else {
-                    continue;
-                };
-                snippet.push_str(&format!(
-                    "[devices.{role}]\ntransport = \"{t}\"\nunit = {unit}\nkind = \"sunspec\"\n\n"
-                ));
+                    found.other.push((unit, "SunSpec storage".into()));
+                }
             }
             Err(_) => {
                 // Not SunSpec: does a shipped map's grid meter answer with
@@ -130,21 +190,20 @@ pub async fn scan_units(t: Transport, units: Vec<u8>, timeout: Duration) -> Stri
                             "unit {unit}: answers like {} ({}): {} W, import {} Wh, export {} Wh\n",
                             m.name, m.id, v.power.0, v.energy.import_wh.0, v.energy.export_wh.0
                         ));
-                        snippet.push_str(&format!(
-                            "[devices.grid]\ntransport = \"{t}\"\nunit = {unit}\nkind = \"map:{}\"\n\n",
-                            m.id
-                        ));
+                        found
+                            .other
+                            .push((unit, format!("{} (map {})", m.name, m.id)));
                         break;
                     }
                 }
             }
         }
     }
-    if snippet.is_empty() {
+    if found.is_empty() {
         report.push_str("no device answered\n");
     } else {
-        report.push_str("\n# config snippet for the meter agent\n");
-        report.push_str(&snippet);
+        report.push_str("\n# config snippet for the meter agent (paste into the gateway config)\n");
+        report.push_str(&found.snippet(&t));
     }
     report
 }
@@ -360,6 +419,7 @@ fn child(
             outbox_max: 100_000,
             broker_host: host,
             broker_port: port,
+            broker_security: Default::default(),
             engine_key: engine.verifying_key(),
             resend_after: Duration::from_secs(60),
         };
