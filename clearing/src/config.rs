@@ -6,9 +6,13 @@
 //! time under a scaled clock), except where a name says "real".
 
 use ed25519_dalek::VerifyingKey;
-use protocol::{AuctionParams, GridId, HouseholdId, MeterId};
+use protocol::{AuctionParams, BrokerSecurity, BrokerSecurityError, GridId, HouseholdId, MeterId};
+use rumqttc::MqttOptions;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One enrolled household: its signing key, its meters and where it is paid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +85,12 @@ pub struct EngineConfig {
     pub broker_port: u16,
     #[serde(default = "d_client_id")]
     pub client_id: String,
+    /// TLS (CA file, client certificate and key) and/or username and
+    /// password file for the broker; plain TCP when absent. The files are
+    /// read and checked by [`EngineConfig::load_broker_security`] before the
+    /// engine opens its database.
+    #[serde(default)]
+    pub broker_security: BrokerSecurity,
     #[serde(default)]
     pub households: Vec<Enrolment>,
     /// Readings timestamped further than this ahead of the clock are refused.
@@ -179,6 +189,7 @@ impl EngineConfig {
             broker_host: d_host(),
             broker_port: d_port(),
             client_id: d_client_id(),
+            broker_security: BrokerSecurity::default(),
             households: Vec::new(),
             timestamp_window_ms: d_window(),
             max_reading_age_ms: d_max_age(),
@@ -226,6 +237,7 @@ impl EngineConfig {
         if self.client_id.is_empty() {
             return bad("client_id", "must not be empty");
         }
+        self.broker_security.check()?;
         if let Some(expr) = &self.cron {
             crate::schedule::parse_cron(expr).map_err(|e| ConfigError::Invalid {
                 key: "cron",
@@ -282,4 +294,117 @@ pub enum ConfigError {
     Invalid { key: &'static str, why: String },
     #[error("config key `households.public_key` of {household}: {why}")]
     BadKey { household: String, why: String },
+    /// A problem in `broker_security`: `.0.key` is relative to it.
+    #[error("config `broker_security`: {0}")]
+    BrokerSecurity(#[from] BrokerSecurityError),
+}
+
+impl EngineConfig {
+    /// Reads and checks the broker security files (CA, client certificate
+    /// and key, password file); an error names the key and the file.
+    pub fn load_broker_security(&self) -> Result<MqttSecurity, ConfigError> {
+        Ok(MqttSecurity::load(&self.broker_security)?)
+    }
+}
+
+/// Broker security with its files read: the rustls client configuration
+/// (the `ring` provider, passed explicitly, so no process-wide default
+/// provider is needed) and the MQTT credentials.
+///
+/// The meter agent has the same loader (`meter_agent::agent::MqttSecurity`):
+/// the two crates must not depend on each other, and `protocol`, which holds
+/// the settings, does no IO.
+#[derive(Debug, Clone, Default)]
+pub struct MqttSecurity {
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub credentials: Option<(String, String)>,
+}
+
+impl MqttSecurity {
+    /// Checks the settings and reads their files.
+    pub fn load(settings: &BrokerSecurity) -> Result<MqttSecurity, BrokerSecurityError> {
+        let checked = settings.check()?;
+        let tls = match checked.ca_file {
+            None => None,
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in read_certs("ca_file", ca)? {
+                    roots.add(c).map_err(|e| {
+                        BrokerSecurityError::file(
+                            "ca_file",
+                            ca,
+                            format!("not a CA certificate: {e}"),
+                        )
+                    })?;
+                }
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let builder = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| BrokerSecurityError::new("tls", e.to_string()))?
+                    .with_root_certificates(roots);
+                let config = match checked.client {
+                    None => builder.with_no_client_auth(),
+                    Some((cert, key)) => {
+                        let chain = read_certs("cert_file", cert)?;
+                        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                            BrokerSecurityError::file(
+                                "key_file",
+                                key,
+                                format!("no usable PEM private key: {e}"),
+                            )
+                        })?;
+                        builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                            BrokerSecurityError::file(
+                                "key_file",
+                                key,
+                                format!("does not fit {}: {e}", cert.display()),
+                            )
+                        })?
+                    }
+                };
+                Some(Arc::new(config))
+            }
+        };
+        let credentials = match checked.credentials {
+            None => None,
+            Some((user, file)) => {
+                let pw = std::fs::read_to_string(file)
+                    .map_err(|e| BrokerSecurityError::file("password_file", file, e.to_string()))?;
+                let pw = pw.trim_end_matches(['\n', '\r']);
+                if pw.is_empty() {
+                    return Err(BrokerSecurityError::file("password_file", file, "is empty"));
+                }
+                Some((user.to_owned(), pw.to_owned()))
+            }
+        };
+        Ok(MqttSecurity { tls, credentials })
+    }
+
+    /// Sets the TLS transport and the credentials on rumqttc options.
+    pub fn apply(&self, opts: &mut MqttOptions) {
+        if let Some(cfg) = &self.tls {
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(cfg.clone()),
+            ));
+        }
+        if let Some((u, p)) = &self.credentials {
+            opts.set_credentials(u.clone(), p.clone());
+        }
+    }
+}
+
+/// All PEM certificates in `path` (at least one).
+fn read_certs(
+    key: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, BrokerSecurityError> {
+    let bad = |why: String| BrokerSecurityError::file(key, path, why);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    Ok(certs)
 }

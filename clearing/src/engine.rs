@@ -121,6 +121,8 @@ pub async fn start_engine(
     clock: Arc<dyn Clock>,
 ) -> Result<EngineHandle, EngineError> {
     cfg.validate()?;
+    // TLS files and credentials are read before the database is opened.
+    let security = cfg.load_broker_security()?;
     let schedule = schedule::schedule_for(cfg.cron.as_deref(), cfg.interval_ms, cfg.gate_lead_ms)
         .map_err(|e| crate::config::ConfigError::Invalid {
         key: "cron",
@@ -163,6 +165,7 @@ pub async fn start_engine(
         // counted and refused here instead of breaking the connection.
         .set_max_packet_size(256 * 1024, 256 * 1024)
         .set_last_will(LastWill::new(status_topic, offline, QoS::AtLeastOnce, true));
+    security.apply(&mut opts);
     let (client, event_loop) = AsyncClient::new(opts, 10_000);
 
     let ledger = Ledger::new(pool.clone(), engine_key.clone());
@@ -210,20 +213,29 @@ pub async fn start_engine(
         stopping: AtomicBool::new(false),
     });
     let (inbound_tx, inbound_rx) = mpsc::channel::<Inbound>(8192);
-    let (ready_tx, mut ready_rx) = watch::channel(false);
+    // Err holds why the broker has not accepted us yet (the last connection
+    // error), for the start-up error message.
+    let (ready_tx, mut ready_rx) = watch::channel(Err::<(), _>(String::new()));
     let event_loop = tokio::spawn(run_event_loop(
         shared.clone(),
         event_loop,
         inbound_tx,
         ready_tx,
     ));
-    let connected = tokio::time::timeout(CONNECT_WAIT, ready_rx.wait_for(|r| *r)).await;
-    if !matches!(connected, Ok(Ok(_))) {
+    let connected = matches!(
+        tokio::time::timeout(CONNECT_WAIT, ready_rx.wait_for(|r| r.is_ok())).await,
+        Ok(Ok(_))
+    );
+    if !connected {
         shared.stopping.store(true, Ordering::SeqCst);
         let _ = shared.client.try_disconnect();
         event_loop.abort();
+        let last = match &*ready_rx.borrow() {
+            Err(e) if !e.is_empty() => format!(": last error: {e}"),
+            _ => String::new(),
+        };
         return Err(EngineError::Broker(format!(
-            "no subscription acknowledged by {}:{} within {CONNECT_WAIT:?}",
+            "no subscription acknowledged by {}:{} within {CONNECT_WAIT:?}{last}",
             shared.cfg.broker_host, shared.cfg.broker_port
         )));
     }
@@ -473,7 +485,7 @@ async fn run_event_loop(
     s: Arc<Shared>,
     mut event_loop: EventLoop,
     inbound: mpsc::Sender<Inbound>,
-    ready: watch::Sender<bool>,
+    ready: watch::Sender<Result<(), String>>,
 ) {
     let grid = s.cfg.grid.clone();
     let filters = [
@@ -511,7 +523,7 @@ async fn run_event_loop(
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
-                let _ = ready.send(true);
+                let _ = ready.send(Ok(()));
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if p.topic.starts_with(&live_prefix) {
@@ -539,6 +551,14 @@ async fn run_event_loop(
                     break;
                 }
                 warn!(%error, "broker connection error; reconnecting");
+                // Before the first subscription: keep the reason for start-up.
+                ready.send_if_modified(|r| match r {
+                    Err(last) => {
+                        *last = error.to_string();
+                        true
+                    }
+                    Ok(()) => false,
+                });
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }

@@ -12,15 +12,14 @@
 
 use crate::strategy::{BatteryParams, Location};
 use clearing::config::EngineConfig;
+use meter_agent::agent::MqttSecurity;
+use protocol::BrokerSecurityError;
 use protocol::{GridId, HouseholdId, MeterId, MicroPerKwh};
-use rumqttc::{MqttOptions, TlsConfiguration, Transport};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rumqttc::MqttOptions;
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// A configuration problem: which file, where, which key, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,85 +48,36 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Why TLS settings could not be turned into a client configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("{path}: {why}")]
-    File { path: PathBuf, why: String },
-    #[error("TLS: {0}")]
-    Rustls(#[from] rustls::Error),
-}
-
-/// TLS material for the broker connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// CA certificate(s) that signed the broker's certificate.
-    pub ca_file: PathBuf,
-    /// The gateway's own certificate and key (client authentication).
-    pub client: Option<(PathBuf, PathBuf)>,
-}
-
-/// How to reach the broker securely. The default is plain TCP without
-/// credentials (the demo, a local test broker).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// How a gateway reaches a broker: the settings as configured (TLS with a
+/// CA file, a client certificate and key, and/or a username with a password
+/// file), with their files already read and checked while the configuration
+/// was validated. The meter agent and the engine get the settings and read
+/// the same files natively (`meter_agent::agent::MqttSecurity`,
+/// `clearing::config::MqttSecurity`); there is no relay in between.
+#[derive(Debug, Clone, Default)]
 pub struct BrokerSecurity {
-    pub tls: Option<TlsFiles>,
-    /// Username and password.
-    pub credentials: Option<(String, String)>,
+    pub settings: protocol::BrokerSecurity,
+    loaded: MqttSecurity,
 }
 
 impl BrokerSecurity {
-    /// The rustls client configuration, with the `ring` provider (the one
-    /// crypto provider of the workspace), or `None` for plain TCP.
-    pub fn rustls_config(&self) -> Result<Option<Arc<rustls::ClientConfig>>, TlsError> {
-        let Some(tls) = &self.tls else {
-            return Ok(None);
-        };
-        let file_err = |path: &Path, why: String| TlsError::File {
-            path: path.to_owned(),
-            why,
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.ca_file)
-            .map_err(|e| file_err(&tls.ca_file, e.to_string()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| file_err(&tls.ca_file, e.to_string()))?;
-        if cas.is_empty() {
-            return Err(file_err(&tls.ca_file, "no PEM certificate in it".into()));
-        }
-        for c in cas {
-            roots.add(c)?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots);
-        let config = match &tls.client {
-            None => builder.with_no_client_auth(),
-            Some((cert, key)) => {
-                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                    .map_err(|e| file_err(cert, e.to_string()))?
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| file_err(cert, e.to_string()))?;
-                if chain.is_empty() {
-                    return Err(file_err(cert, "no PEM certificate in it".into()));
-                }
-                let key_der =
-                    PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e.to_string()))?;
-                builder.with_client_auth_cert(chain, key_der)?
-            }
-        };
-        Ok(Some(Arc::new(config)))
+    /// Checks the settings and reads their files; an error names the key
+    /// (relative to the settings) and the file.
+    pub fn load(settings: protocol::BrokerSecurity) -> Result<BrokerSecurity, BrokerSecurityError> {
+        let loaded = MqttSecurity::load(&settings)?;
+        Ok(BrokerSecurity { settings, loaded })
     }
 
-    /// Sets TLS transport and credentials on rumqttc options.
-    pub fn apply(&self, opts: &mut MqttOptions) -> Result<(), TlsError> {
-        if let Some(cfg) = self.rustls_config()? {
-            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(cfg)));
-        }
-        if let Some((u, p)) = &self.credentials {
-            opts.set_credentials(u.clone(), p.clone());
-        }
+    /// Whether the connection is TLS.
+    pub fn is_tls(&self) -> bool {
+        self.loaded.tls.is_some()
+    }
+
+    /// Sets the TLS transport and the credentials on rumqttc options. The
+    /// files were read by [`BrokerSecurity::load`], so today this never
+    /// fails; the `Result` keeps callers ready for settings that can.
+    pub fn apply(&self, opts: &mut MqttOptions) -> Result<(), BrokerSecurityError> {
+        self.loaded.apply(opts);
         Ok(())
     }
 }
@@ -182,6 +132,20 @@ pub struct RawBroker {
     /// The password, in its own file (mode 0600), never in this one.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+}
+
+impl RawBroker {
+    /// The security keys of the section, as the clients take them.
+    pub fn settings(&self) -> protocol::BrokerSecurity {
+        protocol::BrokerSecurity {
+            tls: self.tls,
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            username: self.username.clone(),
+            password_file: self.password_file.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -516,52 +480,16 @@ impl RawConfig {
         if b.port == 0 {
             return Err(err("broker.port", "must be 1 to 65535".into()));
         }
-        let tls = if b.tls {
-            let ca = b
-                .ca_file
-                .clone()
-                .ok_or_else(|| err("broker.ca_file", "required with tls = true".into()))?;
-            let client = match (&b.cert_file, &b.key_file) {
-                (Some(c), Some(k)) => Some((c.clone(), k.clone())),
-                (None, None) => None,
-                (Some(_), None) => {
-                    return Err(err(
-                        "broker.key_file",
-                        "required with broker.cert_file".into(),
-                    ));
-                }
-                (None, Some(_)) => {
-                    return Err(err(
-                        "broker.cert_file",
-                        "required with broker.key_file".into(),
-                    ));
-                }
+        let settings = b.settings();
+        let in_section = |section: &str, e: BrokerSecurityError| {
+            let message = match &e.file {
+                Some(f) => format!("{}: {}", f.display(), e.why),
+                None => e.why.clone(),
             };
-            Some(TlsFiles {
-                ca_file: ca,
-                client,
-            })
-        } else {
-            for k in ["ca_file", "cert_file", "key_file"] {
-                let set = match k {
-                    "ca_file" => b.ca_file.is_some(),
-                    "cert_file" => b.cert_file.is_some(),
-                    _ => b.key_file.is_some(),
-                };
-                if set {
-                    return Err(err(
-                        &format!("broker.{k}"),
-                        "only meaningful with broker.tls = true".into(),
-                    ));
-                }
-            }
-            None
+            err(&format!("{section}.{}", e.key), message)
         };
-        let credentials = read_credentials(&b.username, &b.password_file, "broker", &err)?;
-        if credentials.is_none()
-            && tls.as_ref().is_none_or(|t| t.client.is_none())
-            && !is_loopback(&b.host)
-        {
+        settings.check().map_err(|e| in_section("broker", e))?;
+        if !settings.has_credentials() && !is_loopback(&b.host) {
             return Err(err(
                 "broker.tls",
                 format!(
@@ -570,18 +498,7 @@ impl RawConfig {
                 ),
             ));
         }
-        let security = BrokerSecurity { tls, credentials };
-        security.rustls_config().map_err(|e| {
-            let key = match &e {
-                TlsError::File { path, .. } if Some(path) == b.ca_file.as_ref() => "broker.ca_file",
-                TlsError::File { path, .. } if Some(path) == b.cert_file.as_ref() => {
-                    "broker.cert_file"
-                }
-                TlsError::File { .. } => "broker.key_file",
-                TlsError::Rustls(_) => "broker.key_file",
-            };
-            err(key, e.to_string())
-        })?;
+        let security = BrokerSecurity::load(settings).map_err(|e| in_section("broker", e))?;
 
         let enabled = |e: bool| e;
         let agent_on = self
@@ -735,16 +652,17 @@ impl RawConfig {
                         "must be at least 1000".into(),
                     ));
                 }
-                let credentials =
-                    read_credentials(&h.username, &h.password_file, "home_assistant", &err)?;
+                let security = BrokerSecurity::load(protocol::BrokerSecurity {
+                    username: h.username.clone(),
+                    password_file: h.password_file.clone(),
+                    ..protocol::BrokerSecurity::default()
+                })
+                .map_err(|e| in_section("home_assistant", e))?;
                 Some(HomeAssistantRole {
                     discovery_prefix: h.discovery_prefix.clone(),
                     host: h.host.clone(),
                     port: h.port,
-                    security: BrokerSecurity {
-                        tls: None,
-                        credentials,
-                    },
+                    security,
                     publish_every_ms: h.publish_every_ms,
                 })
             }
@@ -782,41 +700,6 @@ fn is_loopback(host: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|a| a.is_loopback())
-}
-
-fn read_credentials(
-    user: &Option<String>,
-    password_file: &Option<PathBuf>,
-    section: &str,
-    err: &dyn Fn(&str, String) -> ConfigError,
-) -> Result<Option<(String, String)>, ConfigError> {
-    match (user, password_file) {
-        (None, None) => Ok(None),
-        (Some(_), None) => Err(err(
-            &format!("{section}.password_file"),
-            "required with username".into(),
-        )),
-        (None, Some(_)) => Err(err(
-            &format!("{section}.username"),
-            "required with password_file".into(),
-        )),
-        (Some(u), Some(p)) => {
-            let pw = std::fs::read_to_string(p).map_err(|e| {
-                err(
-                    &format!("{section}.password_file"),
-                    format!("{}: {e}", p.display()),
-                )
-            })?;
-            let pw = pw.trim_end_matches(['\n', '\r']).to_owned();
-            if pw.is_empty() {
-                return Err(err(
-                    &format!("{section}.password_file"),
-                    format!("{} is empty", p.display()),
-                ));
-            }
-            Ok(Some((u.clone(), pw)))
-        }
-    }
 }
 
 fn strategy_params(
@@ -958,6 +841,13 @@ fn engine_role(
     for (k, v) in defaults {
         t.entry(k.to_owned()).or_insert(v);
     }
+    // The engine connects natively with the gateway's own broker security
+    // unless the section gives its own `[engine.broker_security]`.
+    if !t.contains_key("broker_security") {
+        let own = toml::Value::try_from(raw.broker.settings())
+            .map_err(|e| err("broker", format!("cannot pass the broker settings on: {e}")))?;
+        t.insert("broker_security".into(), own);
+    }
     if !t.contains_key("db_path") {
         let db = raw.data_dir.join("engine.db");
         t.insert(
@@ -975,10 +865,16 @@ fn engine_role(
             .unwrap_or_else(|| "engine".to_owned());
         err(&key, msg)
     })?;
-    config.validate().map_err(|e| match &e {
+    let to_key = |e: clearing::ConfigError| match &e {
         clearing::ConfigError::Invalid { key, why } => err(&format!("engine.{key}"), why.clone()),
         clearing::ConfigError::BadKey { .. } => err("engine.households.public_key", e.to_string()),
-    })?;
+        clearing::ConfigError::BrokerSecurity(b) => {
+            err(&format!("engine.broker_security.{}", b.key), b.to_string())
+        }
+    };
+    config.validate().map_err(to_key)?;
+    // The engine's own broker files, read now rather than at start.
+    config.load_broker_security().map_err(to_key)?;
     Ok(EngineRole { config, key_file })
 }
 

@@ -227,6 +227,7 @@ pub async fn run_demo_on(
             outbox_max: 100_000,
             broker_host: broker.0.clone(),
             broker_port: broker.1,
+            broker_security: Default::default(),
             engine_key: engine_key.verifying_key(),
             resend_after: Duration::from_secs(5),
         };

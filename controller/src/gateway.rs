@@ -8,13 +8,13 @@
 //! controller and Home Assistant discovery start, in that order, so that the
 //! engine is listening before this gateway's own readings arrive.
 //!
-//! The controller connects to the broker with TLS itself (rustls, `ring`).
-//! The meter agent and the engine take only a host and a port for now, so
-//! when the broker wants TLS the gateway gives them a relay: a loopback-only
-//! listener that wraps each of their connections in TLS with the gateway's
-//! client certificate. The broker sees the gateway's certificate identity on
-//! every connection, which is what its ACLs key on. (The relay goes away once
-//! those crates accept [`BrokerSecurity`] themselves.)
+//! Every role connects to the broker itself, natively over TLS (rustls with
+//! the `ring` provider) when the configuration says so: the meter agent and
+//! the engine get the `[broker]` security settings in their own
+//! configurations and read the CA, certificate and key files themselves; the
+//! controller, the status publisher and Home Assistant discovery use the
+//! files the validation already read. The broker sees the gateway's
+//! certificate identity on every connection, which is what its ACLs key on.
 
 use crate::config::{BrokerSecurity, GatewayConfig};
 use crate::household::{ControllerConfig, ControllerStats, run_controller};
@@ -22,62 +22,12 @@ use anyhow::{Context, anyhow};
 use meter_agent::{AgentConfig, AgentStats, run_agent};
 use protocol::{Clock, GridId};
 use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
-
-/// Starts a loopback TLS relay to `host:port`; returns its address.
-pub async fn start_tls_relay(
-    host: &str,
-    port: u16,
-    tls: Arc<rustls::ClientConfig>,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
-    let listener = TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .context("TLS relay: binding a loopback port")?;
-    let addr = listener.local_addr()?;
-    let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
-        .map_err(|e| anyhow!("broker host {host:?} is not a valid TLS server name: {e}"))?;
-    let connector = tokio_rustls::TlsConnector::from(tls);
-    let host = host.to_owned();
-    let task = tokio::spawn(async move {
-        loop {
-            let (mut inbound, peer) = tokio::select! {
-                _ = shutdown.changed() => return,
-                a = listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(e) => { warn!(error = %e, "TLS relay accept failed"); continue; }
-                },
-            };
-            let (connector, name, host) = (connector.clone(), server_name.clone(), host.clone());
-            tokio::spawn(async move {
-                let outbound = match TcpStream::connect((host.as_str(), port)).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        debug!(%peer, error = %e, "TLS relay: broker unreachable");
-                        return;
-                    }
-                };
-                let _ = outbound.set_nodelay(true);
-                let _ = inbound.set_nodelay(true);
-                match connector.connect(name, outbound).await {
-                    Ok(mut tls) => {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut tls).await;
-                    }
-                    Err(e) => {
-                        warn!(%peer, error = %e, "TLS relay: handshake with the broker failed")
-                    }
-                }
-            });
-        }
-    });
-    Ok((addr, task))
-}
+use tracing::{info, warn};
 
 /// Publishes `online` (retained) on the node's status topic, with an
 /// `offline` last will, and keeps the connection alive until shutdown.
@@ -98,7 +48,7 @@ async fn run_status(
     opts.set_keep_alive(Duration::from_secs(15));
     opts.set_last_will(LastWill::new(&topic, "offline", QoS::AtLeastOnce, true));
     if let Err(e) = security.apply(&mut opts) {
-        warn!(error = %e, "status publisher: TLS setup failed");
+        warn!(error = %e, "status publisher: broker settings unusable");
         return;
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 8);
@@ -164,17 +114,6 @@ pub async fn run_gateway(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
 
-    // Where the roles without TLS support connect.
-    let plain_broker = match cfg.security.rustls_config().map_err(|e| anyhow!("{e}"))? {
-        Some(tls) if cfg.agent.is_some() || cfg.engine.is_some() => {
-            let (addr, task) =
-                start_tls_relay(&cfg.broker_host, cfg.broker_port, tls, stop_rx.clone()).await?;
-            tasks.push(task);
-            (addr.ip().to_string(), addr.port())
-        }
-        _ => (cfg.broker_host.clone(), cfg.broker_port),
-    };
-
     let node = cfg
         .household
         .as_ref()
@@ -189,16 +128,11 @@ pub async fn run_gateway(
     )));
 
     let engine = match (&cfg.engine, engine_key) {
-        (Some(e), Some(key)) => {
-            let mut ecfg = e.config.clone();
-            ecfg.broker_host = plain_broker.0.clone();
-            ecfg.broker_port = plain_broker.1;
-            Some(
-                clearing::engine::start_engine(ecfg, key, clock.clone())
-                    .await
-                    .context("starting the clearing engine")?,
-            )
-        }
+        (Some(e), Some(key)) => Some(
+            clearing::engine::start_engine(e.config.clone(), key, clock.clone())
+                .await
+                .context("starting the clearing engine")?,
+        ),
         _ => None,
     };
 
@@ -215,8 +149,9 @@ pub async fn run_gateway(
             poll_every: Duration::from_millis(a.poll_ms),
             outbox_path: cfg.data_dir.join(format!("outbox-{}.db", a.meter)),
             outbox_max: a.outbox_max,
-            broker_host: plain_broker.0.clone(),
-            broker_port: plain_broker.1,
+            broker_host: cfg.broker_host.clone(),
+            broker_port: cfg.broker_port,
+            broker_security: cfg.security.settings.clone(),
             engine_key: h.engine_key,
             resend_after: Duration::from_secs(30),
         };
@@ -272,6 +207,7 @@ pub async fn run_gateway(
         let mut state =
             web::AppState::new(engine.read_model(), cfg.grid.to_string(), cfg.interval_ms);
         state.clock = clock.clone();
+        state.operator = Some(engine.operator());
         let app = web::app(state);
         let mut web_stop = stop_rx.clone();
         info!(addr = %listener.local_addr()?, "dashboard listening");

@@ -27,10 +27,13 @@ use crate::link::Transport;
 use crate::outbox::{Outbox, OutboxError};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use protocol::{
-    Ack, AckKind, AckOutcome, Clock, DeviceStatus, Domain, GridId, HouseholdId, LivePower, MeterId,
-    Reading, SignedEnvelope, Topic, canonical_json, decode_payload,
+    Ack, AckKind, AckOutcome, BrokerSecurity, BrokerSecurityError, Clock, DeviceStatus, Domain,
+    GridId, HouseholdId, LivePower, MeterId, Reading, SignedEnvelope, Topic, canonical_json,
+    decode_payload,
 };
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -72,6 +75,10 @@ pub struct AgentConfig {
     pub outbox_max: u64,
     pub broker_host: String,
     pub broker_port: u16,
+    /// TLS and credentials for the broker (default: plain TCP, anonymous).
+    /// The files are read and checked when the agent starts, before the
+    /// outbox is opened; see [`MqttSecurity::load`].
+    pub broker_security: BrokerSecurity,
     /// The clearing engine's key: acks must verify against it.
     pub engine_key: VerifyingKey,
     /// Un-acknowledged readings are republished after this long (real time).
@@ -85,6 +92,107 @@ pub enum AgentError {
     Outbox(#[from] OutboxError),
     #[error("configuration: {0}")]
     Config(String),
+    #[error("broker security: {0}")]
+    BrokerSecurity(#[from] BrokerSecurityError),
+}
+
+/// Broker security with its files read: the rustls client configuration
+/// (the `ring` provider, passed explicitly, so no process-wide default
+/// provider is needed) and the MQTT credentials.
+#[derive(Debug, Clone, Default)]
+pub struct MqttSecurity {
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub credentials: Option<(String, String)>,
+}
+
+impl MqttSecurity {
+    /// Checks the settings and reads their files; an error names the key
+    /// and the file.
+    pub fn load(settings: &BrokerSecurity) -> Result<MqttSecurity, BrokerSecurityError> {
+        let checked = settings.check()?;
+        let tls = match checked.ca_file {
+            None => None,
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in read_certs("ca_file", ca)? {
+                    roots.add(c).map_err(|e| {
+                        BrokerSecurityError::file(
+                            "ca_file",
+                            ca,
+                            format!("not a CA certificate: {e}"),
+                        )
+                    })?;
+                }
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let builder = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| BrokerSecurityError::new("tls", e.to_string()))?
+                    .with_root_certificates(roots);
+                let config = match checked.client {
+                    None => builder.with_no_client_auth(),
+                    Some((cert, key)) => {
+                        let chain = read_certs("cert_file", cert)?;
+                        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                            BrokerSecurityError::file(
+                                "key_file",
+                                key,
+                                format!("no usable PEM private key: {e}"),
+                            )
+                        })?;
+                        builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                            BrokerSecurityError::file(
+                                "key_file",
+                                key,
+                                format!("does not fit {}: {e}", cert.display()),
+                            )
+                        })?
+                    }
+                };
+                Some(Arc::new(config))
+            }
+        };
+        let credentials = match checked.credentials {
+            None => None,
+            Some((user, file)) => {
+                let pw = std::fs::read_to_string(file)
+                    .map_err(|e| BrokerSecurityError::file("password_file", file, e.to_string()))?;
+                let pw = pw.trim_end_matches(['\n', '\r']);
+                if pw.is_empty() {
+                    return Err(BrokerSecurityError::file("password_file", file, "is empty"));
+                }
+                Some((user.to_owned(), pw.to_owned()))
+            }
+        };
+        Ok(MqttSecurity { tls, credentials })
+    }
+
+    /// Sets the TLS transport and the credentials on rumqttc options.
+    pub fn apply(&self, opts: &mut MqttOptions) {
+        if let Some(cfg) = &self.tls {
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(cfg.clone()),
+            ));
+        }
+        if let Some((u, p)) = &self.credentials {
+            opts.set_credentials(u.clone(), p.clone());
+        }
+    }
+}
+
+/// All PEM certificates in `path` (at least one).
+fn read_certs(
+    key: &'static str,
+    path: &std::path::Path,
+) -> Result<Vec<CertificateDer<'static>>, BrokerSecurityError> {
+    let bad = |why: String| BrokerSecurityError::file(key, path, why);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    Ok(certs)
 }
 
 /// Counters and alarms of a running agent, shared with the caller (the
@@ -121,6 +229,9 @@ pub struct AgentStats {
     /// Polls whose counters went backwards or jumped impossibly: kept in the
     /// outbox's quarantine table, never published.
     pub quarantined: AtomicU64,
+    /// Why the last MQTT connection attempt failed or the connection broke
+    /// (a refused certificate, an unknown CA, a refused login...).
+    pub last_mqtt_error: std::sync::Mutex<Option<String>>,
 }
 
 impl AgentStats {
@@ -130,6 +241,10 @@ impl AgentStats {
     /// A plain copy for display and tests.
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
+    }
+    /// Why the last MQTT connection attempt failed, if one did.
+    pub fn last_mqtt_error(&self) -> Option<String> {
+        self.last_mqtt_error.lock().map_or(None, |e| e.clone())
     }
 }
 
@@ -585,6 +700,8 @@ pub async fn run_agent_with(
     if cfg.outbox_max == 0 {
         return Err(AgentError::Config("outbox_max must be at least 1".into()));
     }
+    // TLS files and credentials are read before anything else is opened.
+    let security = MqttSecurity::load(&cfg.broker_security)?;
     let outbox = Outbox::open(&cfg.outbox_path, cfg.outbox_max).await?;
     let guard = CounterGuard::new(limits, outbox.baseline(&cfg.meter).await?);
     let devices = Devices::new(&setup, Arc::clone(&clock));
@@ -595,6 +712,7 @@ pub async fn run_agent_with(
     let mut opts = MqttOptions::new(client_id, cfg.broker_host.clone(), cfg.broker_port);
     opts.set_clean_session(false);
     opts.set_keep_alive(Duration::from_secs(10));
+    security.apply(&mut opts);
     let (mqtt, eventloop) = AsyncClient::new(opts, 0);
     let (tx, mut events) = mpsc::unbounded_channel();
     let driver = tokio::spawn(drive_mqtt(eventloop, tx));
@@ -685,8 +803,16 @@ pub async fn run_agent_with(
                     agent.resend_mark = agent.cursor;
                 }
                 Some(MqttEvent::Disconnected(reason)) => {
+                    let repeated = agent.stats.last_mqtt_error().as_deref() == Some(reason.as_str());
                     if agent.connected {
                         warn!(meter = %agent.cfg.meter, %reason, "mqtt connection lost");
+                    } else if !repeated {
+                        // Not connected yet: say why once (a wrong CA or a
+                        // refused certificate otherwise retries in silence).
+                        warn!(meter = %agent.cfg.meter, %reason, "mqtt connection failed; retrying");
+                    }
+                    if let Ok(mut last) = agent.stats.last_mqtt_error.lock() {
+                        *last = Some(reason);
                     }
                     agent.connected = false;
                     agent.stats.mqtt_connected.store(false, Ordering::SeqCst);

@@ -305,6 +305,7 @@ async fn start_with(
         outbox_max,
         broker_host: broker.ip().to_string(),
         broker_port: broker.port(),
+        broker_security: Default::default(),
         engine_key: engine.key.verifying_key(),
         resend_after: Duration::from_millis(resend_ms),
     };

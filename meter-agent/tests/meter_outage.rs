@@ -228,6 +228,7 @@ async fn twenty_meters_survive_a_broker_outage_exactly_once_in_order() {
             outbox_max: 10_000,
             broker_host: "127.0.0.1".into(),
             broker_port: port,
+            broker_security: Default::default(),
             engine_key: engine_key.verifying_key(),
             resend_after: Duration::from_secs(3),
         };

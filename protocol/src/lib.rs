@@ -7,6 +7,7 @@
 //! that any party (a household, an auditor, the engine itself) computes the
 //! same bytes, hashes and verdicts.
 
+pub mod broker_security;
 pub mod clock;
 pub mod envelope;
 pub mod ids;
@@ -15,6 +16,7 @@ pub mod messages;
 pub mod topics;
 pub mod units;
 
+pub use broker_security::{BrokerSecurity, BrokerSecurityError, CheckedSecurity};
 pub use clock::{Clock, ManualClock, ScaledClock, Stopwatch, SystemClock};
 pub use envelope::{
     Domain, EnvelopeError, KeyId, MAX_ENVELOPE_BYTES, MAX_PAYLOAD_BYTES, SignedEnvelope,

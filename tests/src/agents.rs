@@ -68,6 +68,7 @@ impl Agents {
                 outbox_max: 1_000_000,
                 broker_host: "127.0.0.1".into(),
                 broker_port,
+                broker_security: Default::default(),
                 engine_key,
                 resend_after: resend,
             };

@@ -3,21 +3,30 @@
 //! (only file paths and ports rewritten to a temporary directory and free
 //! loopback ports; the system broker on 1883 is left alone), with
 //! certificates made by deploy/scripts/voltshare-certs. The clients are
-//! rumqttc over rustls, configured exactly as a gateway is
-//! (`controller::config::BrokerSecurity`).
+//! rumqttc over rustls, configured from the same settings a gateway's
+//! `[broker]` section gives (`protocol::BrokerSecurity`).
 //!
 //! Shown here:
+//! - the meter agent and the clearing engine connect natively over TLS, each
+//!   with its own certificate, and a signed reading flows end to end: agent →
+//!   broker → engine (verified, stored) → signed ack → agent (outbox row
+//!   deleted);
 //! - household A cannot publish on household B's topics: the broker drops the
 //!   message, and a subscriber with full read rights never sees it, while A's
 //!   publish on its own topic (sent right after) arrives;
 //! - clients without valid credentials are refused: no client certificate, a
 //!   certificate from another CA, plain TCP on the TLS port, a wrong password;
+//! - a wrong CA file (the broker's certificate does not chain to it) fails
+//!   with an error that says so, in the agent's stats and in the engine's
+//!   start-up error; missing or unusable files are refused before anything
+//!   connects, naming the key and the file;
 //! - the gateway (`voltshare run` composition) connects over TLS: its meter
-//!   agent's signed readings (through the gateway's TLS relay, under the
-//!   household's certificate) and its status reach the engine's subscriber.
+//!   agent's signed readings (natively, under the household's certificate)
+//!   and its status reach the engine's subscriber.
 
 use anyhow::{Context, Result, bail, ensure};
-use controller::config::{BrokerSecurity, TlsFiles};
+use controller::config::BrokerSecurity;
+use protocol::BrokerSecurity as Settings;
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -138,24 +147,35 @@ impl Broker {
         )
     }
 
-    fn cert_security(&self, who: &str) -> BrokerSecurity {
-        BrokerSecurity {
-            tls: Some(TlsFiles {
-                ca_file: self.dir.join("ca.crt"),
-                client: Some((
-                    self.dir.join(format!("{who}.crt")),
-                    self.dir.join(format!("{who}.key")),
-                )),
-            }),
-            credentials: None,
+    /// TLS with `who`'s certificate, as a gateway's `[broker]` section says.
+    fn cert_security(&self, who: &str) -> Settings {
+        Settings {
+            tls: true,
+            ca_file: Some(self.dir.join("ca.crt")),
+            cert_file: Some(self.dir.join(format!("{who}.crt"))),
+            key_file: Some(self.dir.join(format!("{who}.key"))),
+            ..Settings::default()
         }
+    }
+
+    /// TLS (server checked) with a username and a password file.
+    fn password_security(&self, user: &str, password: &str) -> Result<Settings> {
+        let file = self.dir.join(format!("pw-{user}-{password}"));
+        std::fs::write(&file, format!("{password}\n"))?;
+        Ok(Settings {
+            tls: true,
+            ca_file: Some(self.dir.join("ca.crt")),
+            username: Some(user.to_owned()),
+            password_file: Some(file),
+            ..Settings::default()
+        })
     }
 }
 
-fn client(id: &str, port: u16, security: &BrokerSecurity) -> Result<(AsyncClient, EventLoop)> {
+fn client(id: &str, port: u16, settings: &Settings) -> Result<(AsyncClient, EventLoop)> {
     let mut opts = MqttOptions::new(id, "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(5));
-    security.apply(&mut opts)?;
+    BrokerSecurity::load(settings.clone())?.apply(&mut opts)?;
     Ok(AsyncClient::new(opts, 16))
 }
 
@@ -282,12 +302,10 @@ async fn household_cannot_publish_on_another_households_topics() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_without_valid_credentials_are_refused() -> Result<()> {
     let broker = Broker::start("auth")?;
-    let ca_only = BrokerSecurity {
-        tls: Some(TlsFiles {
-            ca_file: broker.dir.join("ca.crt"),
-            client: None,
-        }),
-        credentials: None,
+    let ca_only = Settings {
+        tls: true,
+        ca_file: Some(broker.dir.join("ca.crt")),
+        ..Settings::default()
     };
     // 1. TLS but no client certificate.
     let (_c, mut el) = client("no-cert", broker.cert_port, &ca_only)?;
@@ -296,15 +314,10 @@ async fn clients_without_valid_credentials_are_refused() -> Result<()> {
         "a client without a certificate was let in"
     );
     // 2. A certificate from another CA, even with a valid household name.
-    let rogue = BrokerSecurity {
-        tls: Some(TlsFiles {
-            ca_file: broker.dir.join("ca.crt"),
-            client: Some((
-                broker.dir.join("rogue/h02.crt"),
-                broker.dir.join("rogue/h02.key"),
-            )),
-        }),
-        credentials: None,
+    let rogue = Settings {
+        cert_file: Some(broker.dir.join("rogue/h02.crt")),
+        key_file: Some(broker.dir.join("rogue/h02.key")),
+        ..ca_only.clone()
     };
     let (_c, mut el) = client("rogue", broker.cert_port, &rogue)?;
     ensure!(
@@ -312,17 +325,17 @@ async fn clients_without_valid_credentials_are_refused() -> Result<()> {
         "a certificate from a foreign CA was accepted"
     );
     // 3. Plain TCP on the TLS port.
-    let (_c, mut el) = client("plain", broker.cert_port, &BrokerSecurity::default())?;
+    let (_c, mut el) = client("plain", broker.cert_port, &Settings::default())?;
     ensure!(
         connect(&mut el).await.is_err(),
         "plain MQTT was accepted on the TLS listener"
     );
     // 4. Password listener: wrong password, no credentials, then the right one.
-    let with = |user: &str, pw: &str| BrokerSecurity {
-        tls: ca_only.tls.clone(),
-        credentials: Some((user.to_owned(), pw.to_owned())),
-    };
-    let (_c, mut el) = client("wrong-pw", broker.password_port, &with("h01", "wrong"))?;
+    let (_c, mut el) = client(
+        "wrong-pw",
+        broker.password_port,
+        &broker.password_security("h01", "wrong")?,
+    )?;
     let code = connect(&mut el).await;
     ensure!(
         !matches!(code, Ok(ConnectReturnCode::Success)),
@@ -337,7 +350,7 @@ async fn clients_without_valid_credentials_are_refused() -> Result<()> {
     let (_c, mut el) = client(
         "right-pw",
         broker.password_port,
-        &with("h01", "right-password"),
+        &broker.password_security("h01", "right-password")?,
     )?;
     ensure!(
         connect(&mut el).await? == ConnectReturnCode::Success,
@@ -442,7 +455,286 @@ longitude = 7.01
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(15), gw).await;
     sim_task.abort();
-    ensure!(reading, "no signed reading arrived through the TLS relay");
+    ensure!(
+        reading,
+        "no signed reading arrived over the agent's TLS connection"
+    );
     ensure!(status, "the gateway's status did not arrive");
+    Ok(())
+}
+
+/// An agent (household h01, its own certificate) and an engine (its own
+/// certificate), both connecting natively over TLS; the engine verifies,
+/// stores and acknowledges the agent's readings, and the agent deletes them
+/// from its outbox on the signed ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_and_engine_connect_natively_and_a_reading_flows() -> Result<()> {
+    let broker = Broker::start("native")?;
+    let clock: Arc<dyn protocol::Clock> = Arc::new(protocol::SystemClock);
+    let grid = protocol::GridId::new("lindenweg")?;
+    let household = protocol::HouseholdId::new("h01")?;
+    let meter = protocol::MeterId::new("h01-main")?;
+    let (household_key, engine_key) = (controller::keys::generate(), controller::keys::generate());
+
+    let mut ecfg = clearing::EngineConfig::new(grid.clone(), broker.dir.join("engine.db"));
+    // An IP address as the host: rustls checks it against the certificate's
+    // IP subject name (the agent below uses the DNS name).
+    ecfg.broker_host = "127.0.0.1".into();
+    ecfg.broker_port = broker.cert_port;
+    ecfg.broker_security = broker.cert_security("engine");
+    ecfg.households = vec![clearing::Enrolment::new(
+        household.clone(),
+        &household_key.verifying_key(),
+        vec![meter.clone()],
+    )];
+    let engine = clearing::start_engine(ecfg, engine_key.clone(), clock.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("the engine did not start over TLS: {e}"))?;
+
+    let sim = meter_agent::SimHousehold::from_seed(11);
+    let (modbus, sim_task) =
+        meter_agent::spawn_simulator("127.0.0.1:0".parse()?, sim, clock.clone()).await?;
+    let cfg = agent_config(
+        &broker,
+        &grid,
+        &household,
+        &meter,
+        modbus,
+        &engine_key,
+        "h01",
+    );
+    let stats = Arc::new(meter_agent::AgentStats::default());
+    let (latest_tx, _latest) = tokio::sync::watch::channel(None);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let agent = tokio::spawn(meter_agent::run_agent(
+        cfg,
+        household_key,
+        clock.clone(),
+        stop_rx,
+        latest_tx,
+        stats.clone(),
+    ));
+
+    let acked = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if meter_agent::AgentStats::get(&stats.acked) >= 3 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .is_ok();
+    let _ = stop.send(true);
+    let stopped = tokio::time::timeout(Duration::from_secs(10), agent).await;
+    sim_task.abort();
+    ensure!(
+        acked,
+        "no reading was acknowledged over TLS: acked {}, published {}, last MQTT error {:?}",
+        meter_agent::AgentStats::get(&stats.acked),
+        meter_agent::AgentStats::get(&stats.published),
+        stats.last_mqtt_error()
+    );
+    ensure!(
+        matches!(stopped, Ok(Ok(Ok(())))),
+        "the agent did not stop cleanly: {stopped:?}"
+    );
+    let (stored,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM readings WHERE meter = ? AND household = ?")
+            .bind(meter.as_str())
+            .bind(household.as_str())
+            .fetch_one(&engine.pool())
+            .await?;
+    ensure!(
+        stored >= 3,
+        "the engine stored {stored} readings of h01-main"
+    );
+    engine
+        .shutdown()
+        .await
+        .map_err(|e| anyhow::anyhow!("engine shutdown: {e}"))?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn agent_config(
+    broker: &Broker,
+    grid: &protocol::GridId,
+    household: &protocol::HouseholdId,
+    meter: &protocol::MeterId,
+    modbus: std::net::SocketAddr,
+    engine_key: &ed25519_dalek::SigningKey,
+    who: &str,
+) -> meter_agent::AgentConfig {
+    meter_agent::AgentConfig {
+        grid: grid.clone(),
+        household: household.clone(),
+        meter: meter.clone(),
+        modbus,
+        inverter_unit: 1,
+        meter_unit: 2,
+        poll_every: Duration::from_millis(200),
+        outbox_path: broker.dir.join(format!("outbox-{who}-{meter}.db")),
+        outbox_max: 10_000,
+        broker_host: "localhost".into(),
+        broker_port: broker.cert_port,
+        broker_security: broker.cert_security(who),
+        engine_key: engine_key.verifying_key(),
+        resend_after: Duration::from_secs(30),
+    }
+}
+
+/// Whether a connection error says the broker's certificate does not chain
+/// to the configured CA. Both test CAs carry the same name, so rustls finds
+/// the "issuer" and reports the signature as bad; with differently named CAs
+/// it says UnknownIssuer.
+fn names_bad_issuer(e: &str) -> bool {
+    e.contains("invalid peer certificate")
+        && (e.contains("BadSignature") || e.contains("UnknownIssuer"))
+}
+
+/// A CA file that did not sign the broker's certificate: the agent never
+/// connects and says why; the engine refuses to start and says why. Files
+/// that are missing or hold the wrong thing are refused before anything
+/// connects, naming the key and the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_ca_and_bad_files_fail_with_clear_errors() -> Result<()> {
+    let broker = Broker::start("wrongca")?;
+    let clock: Arc<dyn protocol::Clock> = Arc::new(protocol::SystemClock);
+    let grid = protocol::GridId::new("lindenweg")?;
+    let household = protocol::HouseholdId::new("h01")?;
+    let meter = protocol::MeterId::new("h01-main")?;
+    let engine_key = controller::keys::generate();
+    let wrong_ca = Settings {
+        ca_file: Some(broker.dir.join("rogue/ca.crt")),
+        ..broker.cert_security("h01")
+    };
+
+    // The agent: TLS handshake refused on our side, reported in its stats.
+    let sim = meter_agent::SimHousehold::from_seed(12);
+    let (modbus, sim_task) =
+        meter_agent::spawn_simulator("127.0.0.1:0".parse()?, sim, clock.clone()).await?;
+    let mut cfg = agent_config(
+        &broker,
+        &grid,
+        &household,
+        &meter,
+        modbus,
+        &engine_key,
+        "h01",
+    );
+    cfg.broker_security = wrong_ca.clone();
+    let stats = Arc::new(meter_agent::AgentStats::default());
+    let (latest_tx, _latest) = tokio::sync::watch::channel(None);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let agent = tokio::spawn(meter_agent::run_agent(
+        cfg.clone(),
+        controller::keys::generate(),
+        clock.clone(),
+        stop_rx,
+        latest_tx,
+        stats.clone(),
+    ));
+    let error = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(e) = stats.last_mqtt_error() {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .context("the agent reported no connection error")?;
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
+    sim_task.abort();
+    ensure!(
+        names_bad_issuer(&error),
+        "the agent's error does not say the broker's certificate is not from the CA: {error}"
+    );
+    ensure!(
+        meter_agent::AgentStats::get(&stats.mqtt_connects) == 0,
+        "connected despite a wrong CA"
+    );
+
+    // The engine: start-up fails, and the error carries the TLS reason.
+    let mut ecfg = clearing::EngineConfig::new(grid.clone(), broker.dir.join("engine.db"));
+    ecfg.broker_host = "localhost".into();
+    ecfg.broker_port = broker.cert_port;
+    ecfg.broker_security = Settings {
+        ca_file: Some(broker.dir.join("rogue/ca.crt")),
+        ..broker.cert_security("engine")
+    };
+    let e = clearing::start_engine(ecfg.clone(), engine_key.clone(), clock.clone())
+        .await
+        .err()
+        .context("the engine started with a CA that did not sign the broker")?
+        .to_string();
+    ensure!(
+        names_bad_issuer(&e),
+        "the engine's error does not name the certificate problem: {e}"
+    );
+
+    // Bad files, before any connection: the key and the file are named.
+    let missing = broker.dir.join("nowhere/ca.crt");
+    cfg.broker_security = Settings {
+        ca_file: Some(missing.clone()),
+        ..broker.cert_security("h01")
+    };
+    let (latest_tx, _latest) = tokio::sync::watch::channel(None);
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let outbox = cfg.outbox_path.clone();
+    let _ = std::fs::remove_file(&outbox);
+    let r = meter_agent::run_agent(
+        cfg.clone(),
+        controller::keys::generate(),
+        clock.clone(),
+        stop_rx,
+        latest_tx,
+        Arc::new(meter_agent::AgentStats::default()),
+    )
+    .await;
+    let msg = match r {
+        Err(meter_agent::AgentError::BrokerSecurity(e)) => {
+            ensure!(e.key == "ca_file", "{e}");
+            ensure!(e.file.as_deref() == Some(missing.as_path()), "{e}");
+            e.to_string()
+        }
+        other => bail!("a missing CA file was not refused up front: {other:?}"),
+    };
+    ensure!(
+        msg.contains("ca_file") && msg.contains("nowhere/ca.crt"),
+        "{msg}"
+    );
+    ensure!(
+        !outbox.exists(),
+        "the outbox was opened before the TLS files were checked"
+    );
+
+    // A key file given as the certificate: the engine names cert_file.
+    ecfg.broker_security = Settings {
+        cert_file: Some(broker.dir.join("engine.key")),
+        ..broker.cert_security("engine")
+    };
+    let e = clearing::start_engine(ecfg.clone(), engine_key.clone(), clock.clone())
+        .await
+        .err()
+        .context("a key file as certificate was accepted")?
+        .to_string();
+    ensure!(
+        e.contains("cert_file") && e.contains("engine.key") && e.contains("no PEM certificate"),
+        "{e}"
+    );
+    // Another household's key with this certificate: key_file is named.
+    ecfg.broker_security = Settings {
+        key_file: Some(broker.dir.join("h01.key")),
+        ..broker.cert_security("engine")
+    };
+    let e = clearing::start_engine(ecfg, engine_key, clock)
+        .await
+        .err()
+        .context("a key that does not fit the certificate was accepted")?
+        .to_string();
+    ensure!(e.contains("key_file") && e.contains("h01.key"), "{e}");
     Ok(())
 }

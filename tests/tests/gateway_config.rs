@@ -100,7 +100,28 @@ fn typos_and_bad_values_exit_2_naming_the_key() -> Result<()> {
             &household,
             "cert_file = ",
             "#cert_file = ",
-            vec!["key `broker.cert_file`", "required with broker.key_file"],
+            vec!["key `broker.cert_file`", "required with key_file"],
+        ),
+        // The TLS files are read while validating: a missing one, a key
+        // where a certificate belongs and a key of another certificate are
+        // refused, naming the key and the file.
+        (
+            &household,
+            "gateway.crt\"",
+            "missing.crt\"",
+            vec!["key `broker.cert_file`", "missing.crt", "No such file"],
+        ),
+        (
+            &household,
+            "ca.crt\"",
+            "gateway.key\"",
+            vec!["key `broker.ca_file`", "gateway.key", "no PEM certificate"],
+        ),
+        (
+            &clearing,
+            "engine.key\"",
+            "gateway.key\"",
+            vec!["key `broker.key_file`", "gateway.key", "does not fit"],
         ),
         (
             &clearing,
