@@ -3,7 +3,8 @@
 //!
 //! Every statement is literal SQL with bound parameters; the only built
 //! statements are multi-row inserts made with [`sqlx::QueryBuilder`], whose
-//! text is fixed column lists and `?` placeholders. Ingest writes whole
+//! text is fixed column lists and `?` placeholders (in a fixed set of row
+//! counts, so the prepared statements are reused). Ingest writes whole
 //! batches inside one transaction, which is what makes it fast: SQLite's
 //! cost is the fsync per commit, not the rows.
 
@@ -15,9 +16,40 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-/// Rows per multi-row insert: 14 columns × 500 rows stays well under
+/// Most rows per multi-row insert: 14 columns × 512 rows stays well under
 /// SQLite's 32 766 bound parameters.
-const INSERT_CHUNK: usize = 500;
+const INSERT_CHUNK: usize = 512;
+
+/// Splits `n` rows into statement sizes drawn from a fixed set (512, then
+/// powers of two), so that only ten different statement texts ever exist
+/// per table: each is prepared once per connection and then found in sqlx's
+/// statement cache, instead of a fresh parse of a 7 000-parameter statement
+/// whenever a batch has a new length.
+fn chunk_sizes(mut n: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if n == 0 {
+            return None;
+        }
+        let size = if n >= INSERT_CHUNK {
+            INSERT_CHUNK
+        } else {
+            // The largest power of two not above n.
+            1 << (usize::BITS - 1 - n.leading_zeros())
+        };
+        n -= size;
+        Some(size)
+    })
+}
+
+/// `rows` cut into slices of [`chunk_sizes`].
+fn chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = rows;
+    chunk_sizes(rows.len()).map(move |size| {
+        let (head, tail) = rest.split_at(size);
+        rest = tail;
+        head
+    })
+}
 
 /// Opens (creating if missing) the database and applies pending migrations.
 pub async fn open(path: &Path) -> Result<SqlitePool, StoreError> {
@@ -77,15 +109,15 @@ pub async fn insert_readings(
     conn: &mut SqliteConnection,
     rows: &[ReadingRow],
 ) -> Result<(), StoreError> {
-    for chunk in rows.chunks(INSERT_CHUNK) {
+    for chunk in chunks(rows) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO readings (meter, seq, household, ts, import_wh, export_wh, pv_wh, grid_power_w, \
              pv_power_w, status, key_id, envelope, digest, received_at) ",
         );
         qb.push_values(chunk, |mut b, r| {
-            b.push_bind(r.meter.clone())
+            b.push_bind(r.meter.as_str())
                 .push_bind(r.seq)
-                .push_bind(r.household.clone())
+                .push_bind(r.household.as_str())
                 .push_bind(r.ts)
                 .push_bind(r.import_wh)
                 .push_bind(r.export_wh)
@@ -93,9 +125,9 @@ pub async fn insert_readings(
                 .push_bind(r.grid_power_w)
                 .push_bind(r.pv_power_w)
                 .push_bind(r.status)
-                .push_bind(r.key_id.clone())
-                .push_bind(r.envelope.clone())
-                .push_bind(r.digest.clone())
+                .push_bind(r.key_id.as_str())
+                .push_bind(r.envelope.as_slice())
+                .push_bind(r.digest.as_slice())
                 .push_bind(r.received_at);
         });
         qb.build().execute(&mut *conn).await?;
@@ -108,13 +140,13 @@ pub async fn insert_orders(
     conn: &mut SqliteConnection,
     rows: &[OrderRow],
 ) -> Result<(), StoreError> {
-    for chunk in rows.chunks(INSERT_CHUNK) {
+    for chunk in chunks(rows) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO orders (household, nonce, interval_start, side, quantity_wh, limit_price, ts, \
              replaces, key_id, envelope, digest, received_at) ",
         );
         qb.push_values(chunk, |mut b, r| {
-            b.push_bind(r.household.clone())
+            b.push_bind(r.household.as_str())
                 .push_bind(r.nonce)
                 .push_bind(r.interval_start)
                 .push_bind(r.side)
@@ -122,9 +154,9 @@ pub async fn insert_orders(
                 .push_bind(r.limit_price)
                 .push_bind(r.ts)
                 .push_bind(r.replaces)
-                .push_bind(r.key_id.clone())
-                .push_bind(r.envelope.clone())
-                .push_bind(r.digest.clone())
+                .push_bind(r.key_id.as_str())
+                .push_bind(r.envelope.as_slice())
+                .push_bind(r.digest.as_slice())
                 .push_bind(r.received_at);
         });
         qb.build().execute(&mut *conn).await?;
@@ -264,4 +296,27 @@ pub async fn count_orders(
     .fetch_one(pool)
     .await?;
     to_u64(n, "order count")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_cover_every_row_with_few_shapes() {
+        let mut shapes = std::collections::BTreeSet::new();
+        for n in 0..3000usize {
+            let sizes: Vec<usize> = chunk_sizes(n).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), n, "{n} rows");
+            assert!(sizes.iter().all(|&s| s > 0 && s <= INSERT_CHUNK));
+            shapes.extend(sizes);
+            let rows: Vec<usize> = (0..n).collect();
+            let back: Vec<usize> = chunks(&rows).flatten().copied().collect();
+            assert_eq!(back, rows);
+        }
+        assert_eq!(
+            shapes.into_iter().collect::<Vec<_>>(),
+            vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+        );
+    }
 }

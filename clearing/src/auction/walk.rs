@@ -3,19 +3,19 @@
 //! Ranking is done in two steps for speed at a million orders:
 //!
 //! 1. One sequential pass over the book turns every eligible order into an
-//!    entry `(price key, index)` (and sums the totals). When the price fits
-//!    beside the index in 64 bits, which it does for any real tariff, the
-//!    entry is one packed `u64` (`key << shift | index`) and the entries are
-//!    grouped by key with an LSD radix sort over only the bits in which the
-//!    keys differ; otherwise `(u64, usize)` pairs are sorted by comparison.
-//!    The order inside a price level after this step is arbitrary and never
-//!    decides anything.
-//! 2. Lazily, each price level the walk actually reaches is copied out and
-//!    ranked by the documented tie-break (id, household, quantity). To avoid
-//!    a string comparison (and a cache miss) per comparison, the level is
-//!    first sorted by the first 8 bytes of the id as a big-endian integer, and
-//!    only runs that share those 8 bytes are compared in full. Levels the
-//!    walk never reaches are never ranked: only their price is ever read.
+//!    [`Ent`]: its price key, the first 8 bytes of its id as an integer, its
+//!    quantity and its index (and sums the totals). Nothing later reads the
+//!    book again except to break a tie between two ids that share 8 bytes,
+//!    so the walk makes no random access into the orders.
+//!    In the same pass each entry goes into one of 2 048 buckets per side,
+//!    which split the tariff band into equal price ranges (prices outside it
+//!    share the first or last bucket): no sort, no second pass. Prices on
+//!    any realistic grid put one price level in a bucket. The order inside a
+//!    bucket is arbitrary and never decides anything.
+//! 2. Lazily, each bucket the walk actually reaches is sorted by (key, id
+//!    prefix), and only runs that share both are ranked in full by the
+//!    documented tie-break (id, household, quantity). Buckets the walk never
+//!    reaches are never sorted.
 //!
 //! The walk writes [`Match`]es directly (no intermediate segment list);
 //! until [`super::pricing`] sets the prices, a match's `price` holds the
@@ -69,186 +69,141 @@ fn id_prefix(id: &str) -> u64 {
     u64::from_be_bytes(buf)
 }
 
-/// A sortable `(key, index)` entry.
-trait Entry: Ord + Copy {
-    fn make(key: u64, idx: usize, shift: u32) -> Self;
-    fn key(self, shift: u32) -> u64;
-    fn idx(self, shift: u32) -> usize;
-    /// Groups `list` by ascending key (the order within a key is free).
-    fn sort(list: &mut Vec<Self>, shift: u32);
+/// One eligible order as the ranking sees it (32 bytes, copied around by
+/// value; the book itself is not touched again).
+#[derive(Debug, Clone, Copy)]
+struct Ent {
+    /// Ascending key is descending priority: a sell's ask, a buy's
+    /// `u64::MAX − net bid`.
+    key: u64,
+    /// [`id_prefix`] of the order's id.
+    prefix: u64,
+    /// The order's quantity (never zero: such orders are not eligible).
+    qty: u64,
+    /// Position in the book.
+    idx: usize,
 }
 
-/// `key << shift | index`, used when both fit.
-impl Entry for u64 {
-    fn make(key: u64, idx: usize, shift: u32) -> Self {
-        (key << shift) | idx as u64
-    }
-    fn key(self, shift: u32) -> u64 {
-        self >> shift
-    }
-    fn idx(self, shift: u32) -> usize {
-        (self & ((1u64 << shift) - 1)) as usize
-    }
-    fn sort(list: &mut Vec<Self>, shift: u32) {
-        radix_sort_keys(list, shift);
+impl Ent {
+    /// The sort key inside a bucket: price first, then id prefix.
+    fn rank(&self) -> u128 {
+        (u128::from(self.key) << 64) | u128::from(self.prefix)
     }
 }
 
-/// The general case.
-impl Entry for (u64, usize) {
-    fn make(key: u64, idx: usize, _: u32) -> Self {
-        (key, idx)
-    }
-    fn key(self, _: u32) -> u64 {
-        self.0
-    }
-    fn idx(self, _: u32) -> usize {
-        self.1
-    }
-    fn sort(list: &mut Vec<Self>, _: u32) {
-        list.sort_unstable();
-    }
-}
+/// Most buckets per side; a power of two.
+const BUCKET_BITS: u32 = 11;
+const BUCKETS: usize = 1 << BUCKET_BITS;
 
-/// Stable LSD radix sort of packed entries by `entry >> shift`, over only the
-/// bits in which the keys differ (prices on a fine grid over a tariff band
-/// need 2 passes of 11 bits).
-fn radix_sort_keys(list: &mut Vec<u64>, shift: u32) {
-    const BITS: u32 = 11;
-    const BUCKETS: usize = 1 << BITS;
-    if list.len() < 512 {
-        list.sort_unstable();
-        return;
-    }
-    let (min, max) = list.iter().fold((u64::MAX, 0), |(lo, hi), &e| {
-        (lo.min(e >> shift), hi.max(e >> shift))
-    });
-    let span_bits = u64::BITS - (max - min).leading_zeros();
-    let mut buf = vec![0u64; list.len()];
-    let mut counts = vec![0usize; BUCKETS];
-    let mut pass = 0;
-    while pass * BITS < span_bits {
-        let digit = |e: u64| (((e >> shift) - min) >> (pass * BITS)) as usize & (BUCKETS - 1);
-        counts.fill(0);
-        for &e in list.iter() {
-            counts[digit(e)] += 1;
-        }
-        let mut sum = 0;
-        for c in counts.iter_mut() {
-            let n = *c;
-            *c = sum;
-            sum += n;
-        }
-        for &e in list.iter() {
-            let d = digit(e);
-            buf[counts[d]] = e;
-            counts[d] += 1;
-        }
-        std::mem::swap(list, &mut buf);
-        pass += 1;
-    }
-}
-
-/// One ranked side with a read position inside the current order.
-struct Cursor<'a, E> {
-    orders: &'a [BookOrder],
-    /// Ascending key is descending priority.
-    list: Vec<E>,
+/// Maps a price to its bucket, monotonically: buckets split the tariff band
+/// `[feed_in, retail]` into at most [`BUCKETS`] equal ranges, and prices
+/// outside the band fall into the first or last bucket. Any monotone map
+/// ranks correctly (a bucket is sorted in full when reached); this one puts
+/// one price level per bucket for prices on any realistic grid, and needs no
+/// pass over the book to set up.
+#[derive(Clone, Copy)]
+struct Buckets {
+    lo: u64,
+    hi: u64,
     shift: u32,
-    /// Start (in `list`) of the first level not yet ranked.
+}
+
+impl Buckets {
+    fn new(params: &AuctionParams, one: bool) -> Buckets {
+        let (lo, hi) = (
+            params.feed_in_tariff.0,
+            params.retail_tariff.0.max(params.feed_in_tariff.0),
+        );
+        let span_bits = u64::BITS - (hi - lo).leading_zeros();
+        // `one`: a shift so large that every price lands in one bucket.
+        let shift = if one {
+            u64::BITS
+        } else {
+            span_bits.saturating_sub(BUCKET_BITS)
+        };
+        Buckets { lo, hi, shift }
+    }
+
+    /// Position of `p` in the band, in buckets (`< BUCKETS`).
+    fn of(self, p: u64) -> usize {
+        let off = p.clamp(self.lo, self.hi) - self.lo;
+        off.checked_shr(self.shift).unwrap_or(0) as usize
+    }
+}
+
+/// One side: entries grouped by bucket, and a read position.
+struct Cursor<'a> {
+    orders: &'a [BookOrder],
+    /// Buckets in priority order, each unsorted until reached.
+    buckets: Vec<Vec<Ent>>,
+    /// The next bucket to rank.
     next: usize,
-    /// The current price level, ranked: (id prefix, order index, quantity).
-    /// Reading each order once here, in a tight loop whose loads are
-    /// independent, hides most of the cache misses of the random accesses.
-    level: Vec<(u64, usize, u64)>,
-    level_key: u64,
-    /// Position in `level`.
+    /// The bucket being walked, ranked.
+    cur: Vec<Ent>,
+    /// The current entry in `cur`.
     at: usize,
-    /// Wh left in the order at `at`.
+    /// Wh left in the current entry.
     rem: u64,
 }
 
-impl<'a, E: Entry> Cursor<'a, E> {
-    fn new(orders: &'a [BookOrder], mut list: Vec<E>, shift: u32) -> Self {
-        E::sort(&mut list, shift);
+impl<'a> Cursor<'a> {
+    fn new(orders: &'a [BookOrder], buckets: Vec<Vec<Ent>>) -> Self {
         Cursor {
             orders,
-            list,
-            shift,
+            buckets,
             next: 0,
-            level: Vec::new(),
-            level_key: 0,
+            cur: Vec::new(),
             at: 0,
             rem: 0,
         }
     }
 
-    /// The key of the current position, without ranking a new level.
-    fn peek_key(&self) -> Option<u64> {
-        if self.at < self.level.len() {
-            Some(self.level_key)
-        } else {
-            self.list.get(self.next).map(|e| e.key(self.shift))
-        }
-    }
-
-    /// Ranks the price level starting at `next` by the tie-break: by id
-    /// prefix first (integers), then in full only within runs that share it.
-    fn rank_level(&mut self) {
-        let (shift, orders) = (self.shift, self.orders);
-        let Some(first) = self.list.get(self.next) else {
-            return;
-        };
-        let key = first.key(shift);
-        // Everything before `next` is ranked, so `list[next]` starts its
-        // level: the level is the run of equal keys from here.
-        self.level.clear();
-        self.level.extend(
-            self.list[self.next..]
-                .iter()
-                .take_while(|e| e.key(shift) == key)
-                .map(|e| {
-                    let i = e.idx(shift);
-                    let o = &orders[i];
-                    (id_prefix(&o.id), i, o.quantity_wh.0)
-                }),
-        );
-        self.next += self.level.len();
-        self.level_key = key;
-        self.at = 0;
-        let level = &mut self.level;
-        if level.len() > 1 {
-            level.sort_unstable_by_key(|e| e.0);
-            let mut start = 0;
-            while start < level.len() {
-                let p = level[start].0;
-                let run = level[start..].iter().take_while(|e| e.0 == p).count();
-                if run > 1 {
-                    level[start..start + run]
-                        .sort_unstable_by(|a, b| tie(&orders[a.1], &orders[b.1]));
-                }
-                start += run;
+    /// Ranks buckets until the current position holds an entry or none
+    /// is left.
+    fn fill(&mut self) {
+        while self.at >= self.cur.len() && self.next < self.buckets.len() {
+            self.cur = std::mem::take(&mut self.buckets[self.next]);
+            self.next += 1;
+            self.at = 0;
+            rank_bucket(&mut self.cur, self.orders);
+            if let Some(e) = self.cur.first() {
+                self.rem = e.qty;
             }
         }
-        self.rem = level.first().map_or(0, |e| e.2);
     }
 
-    /// The order at the current position, ranking the next price level when
-    /// the current one is used up, and the Wh left in it.
-    fn current(&mut self) -> Option<(usize, u64)> {
-        if self.at >= self.level.len() {
-            self.rank_level();
+    /// The current entry's key, index and Wh left.
+    fn current(&mut self) -> Option<(u64, usize, u64)> {
+        if self.at >= self.cur.len() {
+            self.fill();
         }
-        self.level.get(self.at).map(|e| (e.1, self.rem))
+        self.cur.get(self.at).map(|e| (e.key, e.idx, self.rem))
     }
 
-    /// Consumes `q` Wh of the current order (at most what is left).
+    /// Consumes `q` Wh of the current entry (at most what is left).
     fn take(&mut self, q: u64) {
         self.rem -= q;
         if self.rem == 0 {
             self.at += 1;
-            self.rem = self.level.get(self.at).map_or(0, |e| e.2);
+            if let Some(e) = self.cur.get(self.at) {
+                self.rem = e.qty;
+            }
         }
+    }
+}
+
+/// Sorts one bucket by key and id prefix, then ranks runs that share both
+/// by the full tie-break.
+fn rank_bucket(ents: &mut [Ent], orders: &[BookOrder]) {
+    ents.sort_unstable_by_key(Ent::rank);
+    let mut start = 0;
+    while start < ents.len() {
+        let r = ents[start].rank();
+        let run = ents[start..].iter().take_while(|e| e.rank() == r).count();
+        if run > 1 {
+            ents[start..start + run].sort_unstable_by(|a, b| tie(&orders[a.idx], &orders[b.idx]));
+        }
+        start += run;
     }
 }
 
@@ -276,83 +231,71 @@ fn eligible(o: &BookOrder, params: &AuctionParams) -> Option<u64> {
     }
 }
 
-/// [`walk`], optionally forcing the unpacked entries (to test both paths).
-pub(super) fn walk_impl(orders: &[BookOrder], params: &AuctionParams, force_wide: bool) -> Walk {
+/// [`walk`], optionally with each side as one bucket sorted whole by
+/// comparison (to test the bucketing against plain sorting).
+pub(super) fn walk_impl(orders: &[BookOrder], params: &AuctionParams, one_bucket: bool) -> Walk {
     let (mut total_buy, mut total_sell) = (0u128, 0u128);
     let contradictory = params.feed_in_tariff > params.retail_tariff;
-    // Bits for the index, and the largest price that fits beside it.
-    let shift = usize::BITS - orders.len().leading_zeros();
-    let top = if shift < 64 { u64::MAX >> shift } else { 0 };
-    let mut packed = !force_wide && shift < 64;
-    let mut bids: Vec<u64> = Vec::with_capacity(if packed { orders.len() / 2 } else { 0 });
-    let mut asks: Vec<u64> = Vec::with_capacity(if packed { orders.len() / 2 } else { 0 });
-    for (i, o) in orders.iter().enumerate() {
+    let map = Buckets::new(params, one_bucket);
+    let mut bids: Vec<Vec<Ent>> = vec![Vec::new(); BUCKETS];
+    let mut asks: Vec<Vec<Ent>> = vec![Vec::new(); BUCKETS];
+    let (mut n_bids, mut n_asks) = (0usize, 0usize);
+    for (idx, o) in orders.iter().enumerate() {
         match o.side {
             Side::Buy => total_buy += u128::from(o.quantity_wh.0),
             Side::Sell => total_sell += u128::from(o.quantity_wh.0),
         }
-        if !packed || contradictory {
+        if contradictory {
             continue;
         }
-        if let Some(p) = eligible(o, params) {
-            if p > top {
-                // A price too large to pack: fall back to pairs below.
-                packed = false;
-                continue;
+        let Some(p) = eligible(o, params) else {
+            continue;
+        };
+        let (bucket, key) = match o.side {
+            // Highest bid first.
+            Side::Buy => {
+                n_bids += 1;
+                (&mut bids[BUCKETS - 1 - map.of(p)], u64::MAX - p)
             }
-            // Highest bid first: rank bids by the complement within `top`.
-            match o.side {
-                Side::Buy => bids.push(u64::make(top - p, i, shift)),
-                Side::Sell => asks.push(u64::make(p, i, shift)),
+            Side::Sell => {
+                n_asks += 1;
+                (&mut asks[map.of(p)], p)
             }
-        }
+        };
+        bucket.push(Ent {
+            key,
+            prefix: id_prefix(&o.id),
+            qty: o.quantity_wh.0,
+            idx,
+        });
     }
-    let mut walk = if contradictory {
-        Walk::default()
-    } else if packed {
-        let bids = Cursor::<u64>::new(orders, bids, shift);
-        let asks = Cursor::<u64>::new(orders, asks, shift);
-        run(bids, asks, top, params)
-    } else {
-        drop((bids, asks));
-        let (mut bids, mut asks) = (Vec::new(), Vec::new());
-        for (i, o) in orders.iter().enumerate() {
-            match (o.side, eligible(o, params)) {
-                (Side::Buy, Some(p)) => bids.push((u64::MAX - p, i)),
-                (Side::Sell, Some(p)) => asks.push((p, i)),
-                _ => {}
-            }
-        }
-        let bids = Cursor::<(u64, usize)>::new(orders, bids, 0);
-        let asks = Cursor::<(u64, usize)>::new(orders, asks, 0);
-        run(bids, asks, u64::MAX, params)
-    };
+    // A walk trades at most every eligible order, minus one per side.
+    let mut matches = Vec::with_capacity(n_bids + n_asks);
+    let bids = Cursor::new(orders, bids);
+    let asks = Cursor::new(orders, asks);
+    let mut walk = run(bids, asks, params, &mut matches);
+    walk.matches = matches;
     walk.total_buy = total_buy;
     walk.total_sell = total_sell;
     walk
 }
 
-/// The walk proper; a bid's key is `bid_top − net bid`, an ask's key its ask.
-fn run<E: Entry>(
-    mut bids: Cursor<E>,
-    mut asks: Cursor<E>,
-    bid_top: u64,
+/// The walk proper; a bid's key is `u64::MAX − net bid`, an ask's key its ask.
+fn run(
+    mut bids: Cursor,
+    mut asks: Cursor,
     params: &AuctionParams,
+    matches: &mut Vec<Match>,
 ) -> Walk {
-    let bid_of = |k: u64| bid_top - k;
     let mut left = params.capacity_wh.map_or(u64::MAX, |c| c.0);
-    let mut matches = Vec::new();
     while left > 0 {
-        let (Some(bk), Some(ak)) = (bids.peek_key(), asks.peek_key()) else {
+        let (Some((bk, buy, bq)), Some((ask, sell, sq))) = (bids.current(), asks.current()) else {
             break;
         };
-        let (bid, ask) = (bid_of(bk), ak);
+        let bid = u64::MAX - bk;
         if bid < ask {
             break;
         }
-        let (Some((buy, bq)), Some((sell, sq))) = (bids.current(), asks.current()) else {
-            break;
-        };
         let qty = bq.min(sq).min(left);
         matches.push(Match {
             buy,
@@ -366,9 +309,9 @@ fn run<E: Entry>(
         asks.take(qty);
     }
     Walk {
-        matches,
-        next_bid: bids.peek_key().map(bid_of),
-        next_ask: asks.peek_key(),
+        matches: Vec::new(),
+        next_bid: bids.current().map(|(k, ..)| u64::MAX - k),
+        next_ask: asks.current().map(|(k, ..)| k),
         total_buy: 0,
         total_sell: 0,
     }
