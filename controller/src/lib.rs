@@ -9,6 +9,7 @@ pub mod broker;
 pub mod chain_cli;
 pub mod cli;
 pub mod config;
+pub mod db_cli;
 pub mod demo;
 pub mod enrol_cli;
 pub mod gateway;

@@ -40,6 +40,9 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(cli::ConfigCommand),
+    /// Database tools: `db backup` copies a live SQLite database consistently.
+    #[command(subcommand)]
+    Db(controller::db_cli::DbCommand),
     /// Find Modbus devices (SunSpec or a shipped register map) and print a config snippet.
     Scan(controller::meters_cli::ScanArgs),
     /// Share one Modbus TCP device (or RS-485 bus) between several clients.
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Clearing(c) => controller::enrol_cli::clearing(c),
         Command::Run(a) => cli::run(a),
         Command::Config(c) => cli::config(c),
+        Command::Db(c) => controller::db_cli::db(c),
         Command::Scan(a) => controller::meters_cli::scan(a),
         Command::Proxy(a) => controller::meters_cli::proxy(a),
         Command::Web(c) => controller::web_cli::web(c),
