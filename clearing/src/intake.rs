@@ -201,7 +201,7 @@ impl Intake {
                 candidates.push(c);
             }
         }
-        let verdicts = verify_batch(&candidates).await;
+        let (candidates, verdicts) = verify_batch(candidates).await;
         Screened {
             registry,
             out,
@@ -727,55 +727,64 @@ const MIN_VERIFY_CHUNK: usize = 64;
 
 /// Step 3 for a whole batch, off the async threads (ed25519 is CPU work)
 /// and split across the cores: each share is batch-verified on its own, so
-/// one forged message only sends its share to the one-by-one fallback.
-async fn verify_batch(candidates: &[Candidate]) -> Vec<bool> {
-    if candidates.is_empty() {
-        return Vec::new();
+/// one forged message only sends its share to the bisecting fallback.
+/// Shares are cut from the batch ordered by key, so that one household's
+/// messages mostly meet in one share, where [`verify_many`] sums their
+/// terms. The candidates move into the blocking tasks and back (no copies of
+/// envelopes), and come back in their original order with their verdicts.
+async fn verify_batch(candidates: Vec<Candidate>) -> (Vec<Candidate>, Vec<bool>) {
+    let n = candidates.len();
+    if n == 0 {
+        return (candidates, Vec::new());
     }
-    let items: Vec<(SignedEnvelope, Domain, VerifyingKey)> = candidates
-        .iter()
-        .map(|c| {
-            let domain = match c.kind {
-                Kind::Reading => Domain::Reading,
-                Kind::Order => Domain::Order,
-            };
-            (c.env.clone(), domain, c.entry.key)
-        })
-        .collect();
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let chunk = items.len().div_ceil(cores).max(MIN_VERIFY_CHUNK);
+    let chunk = n.div_ceil(cores).max(MIN_VERIFY_CHUNK);
+    let mut keyed: Vec<(usize, Candidate)> = candidates.into_iter().enumerate().collect();
+    keyed.sort_by(|(i, a), (j, b)| a.env.key_id.cmp(&b.env.key_id).then(i.cmp(j)));
     let mut shares = Vec::new();
-    let mut rest = items;
-    while !rest.is_empty() {
-        let tail = rest.split_off(chunk.min(rest.len()));
-        shares.push(rest);
-        rest = tail;
+    while !keyed.is_empty() {
+        let tail = keyed.split_off(chunk.min(keyed.len()));
+        shares.push(keyed);
+        keyed = tail;
     }
     let tasks: Vec<_> = shares
         .into_iter()
         .map(|share| {
-            let n = share.len();
+            let size = share.len();
             let task = tokio::task::spawn_blocking(move || {
-                let refs: Vec<(&SignedEnvelope, Domain, &VerifyingKey)> =
-                    share.iter().map(|(e, d, k)| (e, *d, k)).collect();
-                verify_many(&refs)
-                    .into_iter()
-                    .map(|v| v.is_ok())
-                    .collect::<Vec<bool>>()
+                let refs: Vec<(&SignedEnvelope, Domain, &VerifyingKey)> = share
+                    .iter()
+                    .map(|(_, c)| {
+                        let domain = match c.kind {
+                            Kind::Reading => Domain::Reading,
+                            Kind::Order => Domain::Order,
+                        };
+                        (&c.env, domain, &c.entry.key)
+                    })
+                    .collect();
+                let verdicts: Vec<bool> = verify_many(&refs).iter().map(Result::is_ok).collect();
+                drop(refs);
+                (share, verdicts)
             });
-            (n, task)
+            (size, task)
         })
         .collect();
-    let mut verdicts = Vec::with_capacity(candidates.len());
-    for (n, task) in tasks {
+    let mut slots: Vec<Option<(Candidate, bool)>> = Vec::with_capacity(n);
+    slots.resize_with(n, || None);
+    for (size, task) in tasks {
         match task.await {
-            Ok(v) => verdicts.extend(v),
+            Ok((share, verdicts)) => {
+                for ((pos, c), ok) in share.into_iter().zip(verdicts) {
+                    slots[pos] = Some((c, ok));
+                }
+            }
             Err(error) => {
-                // A panic inside verification must not accept anything.
-                warn!(%error, "signature verification task failed");
-                verdicts.extend(std::iter::repeat_n(false, n));
+                // A panic inside verification must not accept anything: the
+                // share is dropped unacknowledged, and the senders' outboxes
+                // send it again.
+                warn!(%error, messages = size, "signature verification task failed");
             }
         }
     }
-    verdicts
+    slots.into_iter().flatten().unzip()
 }

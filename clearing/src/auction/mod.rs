@@ -101,12 +101,14 @@
 //!
 //! # Scale
 //!
-//! [`clear`] sorts `(price key, index)` entries with plain integer
-//! comparisons and ranks ties by id only inside the price levels the walk
-//! actually reaches (see `walk`), so it allocates no memory per order beyond
-//! those entries; it allocates only for the trades it produces. At a million
-//! orders most of the time goes into the owned [`Trade`]s (four `String`
-//! clones each); [`clear_indexed`] returns the same result by order index.
+//! [`clear`] reads the book once, sequentially, into per-order entries
+//! (price key, id prefix, quantity, index) grouped into price buckets, and
+//! sorts only the buckets the walk reaches (see `walk`); it touches the
+//! orders again only for ties on the first 8 bytes of an id. It allocates
+//! only those entries and the trades it produces. At a million orders most
+//! of the time goes into the owned [`Trade`]s (four `String` clones each,
+//! and the fresh memory they fill); [`clear_indexed`] returns the same
+//! result by order index.
 
 mod json;
 mod pricing;

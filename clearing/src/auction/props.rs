@@ -245,7 +245,7 @@ fn check(orders: &[BookOrder], p: &AuctionParams, seed: u64) -> Result<(), TestC
         prop_assert_eq!(got, want);
     }
 
-    // The packed and the general sort entries walk identically.
+    // Bucketed ranking walks exactly as one bucket sorted whole.
     prop_assert_eq!(walk::walk_impl(orders, p, true), walk::walk(orders, p));
 
     // Independence of input order (a seeded shuffle).
