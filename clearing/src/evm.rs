@@ -24,6 +24,23 @@
 //!   the receipt is checked each round; if it is gone or names another block
 //!   hash than recorded, a reorg removed the batch: the row goes back to
 //!   `submitted` and the stored transaction is broadcast again.
+//! - **final, audited**: a reorg deeper than `confirmations` can still
+//!   remove a final batch. Every round, the final batches mined within
+//!   `audit_blocks` of the head are checked against the canonical block
+//!   hash at their height; one whose block is gone goes through the same
+//!   path as a confirmed one (followed to its new block, or its stored
+//!   transaction broadcast again with its nonce), so it settles once more
+//!   and only once.
+//!
+//! # Accounts
+//!
+//! The contract names accounts by a 16-bit registry index (see the
+//! contract's header: it is what keeps a batch near 1,600 gas per trade).
+//! Each `settle` is planned against the registry as the chain holds it:
+//! known accounts by index, new ones registered by the batch at the next
+//! free indexes, written out so that the contract refuses a plan that has
+//! gone stale. A batch that registers accounts waits until no earlier batch
+//! is still pending or submitted, so that plans do not race.
 //!
 //! # Never paid twice
 //!
@@ -60,7 +77,7 @@ use alloy::rpc::types::{Filter, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{SolCall, SolError, SolEvent};
 use chain::{Broadcast, Chain, Fees, sign};
-use contract::{VoltshareSettlement, batch_digest, entry_word, grid_word};
+use contract::{VoltshareSettlement, batch_digest, grid_word};
 use futures::future::BoxFuture;
 use protocol::{Clock, GridId, HouseholdId, IntervalId, SettlementBatch};
 use serde::{Deserialize, Serialize};
@@ -152,6 +169,12 @@ pub struct EvmSettings {
     /// Block to search for settlement events from (the deployment block).
     #[serde(default)]
     pub from_block: u64,
+    /// How many blocks back final batches are still audited: every round,
+    /// each final batch mined within this many blocks of the head must
+    /// still be in the canonical block recorded for it; one a deep reorg
+    /// removed is settled again. 0 stops auditing at `final`.
+    #[serde(default = "d_audit_blocks")]
+    pub audit_blocks: u64,
 }
 
 fn d_confirmations() -> u64 {
@@ -168,6 +191,10 @@ fn d_max_fee_gwei() -> u64 {
 }
 fn d_rpc_timeout() -> u64 {
     5_000
+}
+fn d_audit_blocks() -> u64 {
+    // A day of 5-second blocks (Energy Web Chain, Gnosis).
+    17_280
 }
 
 impl EvmSettings {
@@ -192,6 +219,7 @@ impl EvmSettings {
             legacy: false,
             rpc_timeout_ms: d_rpc_timeout(),
             from_block: 0,
+            audit_blocks: d_audit_blocks(),
         }
     }
 
@@ -230,9 +258,11 @@ pub fn read_key(path: &Path) -> Result<PrivateKeySigner, EvmError> {
 }
 
 /// Gas limit of a settle transaction: generous, so that it never depends on
-/// an estimate (which would need the pending state of earlier nonces).
-fn gas_limit(entries: usize) -> u64 {
-    150_000 + 25_000 * u64::try_from(entries).unwrap_or(u64::MAX / 50_000)
+/// an estimate (which would need the pending state of earlier nonces). A
+/// registration writes three fresh slots and an event (about 70,000 gas).
+fn gas_limit(entries: usize, registrations: usize) -> u64 {
+    let n = |x: usize| u64::try_from(x).unwrap_or(u64::MAX / 200_000);
+    150_000 + 25_000 * n(entries) + 100_000 * n(registrations)
 }
 
 /// The backend.
@@ -332,18 +362,21 @@ impl EvmSettlement {
         self.contract
     }
 
-    /// The entry words of a batch (households in batch order, then the
-    /// utility when its net is not zero).
-    pub fn entries(&self, batch: &SettlementBatch) -> Result<Vec<B256>, EvmError> {
+    /// The accounts and amounts of a batch (households in batch order, then
+    /// the utility when its net is not zero), each checked to fit an
+    /// on-chain entry.
+    pub fn accounts_of(&self, batch: &SettlementBatch) -> Result<Vec<(Address, i64)>, EvmError> {
         let mut out = Vec::with_capacity(batch.transfers.len() + 1);
         for t in &batch.transfers {
             let a = self.accounts.get(&t.household).ok_or_else(|| {
                 EvmError::Config(format!("{} has no settlement_address", t.household))
             })?;
-            out.push(entry_word(*a, t.amount.0));
+            contract::check_amount(t.household.as_str(), t.amount.0)?;
+            out.push((*a, t.amount.0));
         }
         if batch.utility.0 != 0 {
-            out.push(entry_word(self.utility, batch.utility.0));
+            contract::check_amount("the utility", batch.utility.0)?;
+            out.push((self.utility, batch.utility.0));
         }
         Ok(out)
     }
@@ -356,14 +389,26 @@ impl EvmSettlement {
     /// the first node failure (the rest waits for the next round).
     pub async fn drive_once(&self) -> Result<(), EvmError> {
         let _one = self.lock.lock().await;
+        if self.settings.audit_blocks > 0 {
+            self.audit_final().await?;
+        }
         let rows = self.open_rows().await?;
         if rows.is_empty() {
             return Ok(());
         }
         let head = self.chain.block_number().await?;
+        // Whether an earlier batch may still be mined: a batch that
+        // registers accounts waits for it, as its indexes are planned
+        // against the registry the chain holds now.
+        let mut in_flight = false;
         for row in rows {
+            let earlier_in_flight = in_flight;
+            in_flight |= matches!(
+                row.status,
+                SettlementStatus::Pending | SettlementStatus::Submitted
+            );
             let go_on = match row.status {
-                SettlementStatus::Pending => self.step_pending(&row).await?,
+                SettlementStatus::Pending => self.step_pending(&row, earlier_in_flight).await?,
                 SettlementStatus::Submitted => {
                     self.step_submitted(&row, head).await?;
                     true
@@ -382,7 +427,60 @@ impl EvmSettlement {
         Ok(())
     }
 
+    /// Re-checks the final batches of the last `audit_blocks` blocks: each
+    /// must still sit in the block recorded for it (one block-hash read per
+    /// batch). A reorg deeper than `confirmations` that removed one sends it
+    /// back through [`Self::step_confirmed`]: followed to its new block if
+    /// it was mined again, otherwise its stored transaction is broadcast
+    /// again, byte for byte (same nonce: the contract's refusal of a second
+    /// batch per interval and the nonce together make it settle once).
+    async fn audit_final(&self) -> Result<(), EvmError> {
+        let head = self.chain.block_number().await?;
+        let since = head.saturating_sub(self.settings.audit_blocks);
+        let finals: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT interval_start, block_hash FROM settlements WHERE backend = 'evm' AND status = 'final' \
+             AND block_number >= ? ORDER BY seq",
+        )
+        .bind(to_i64(since, "block")?)
+        .fetch_all(&self.pool)
+        .await?;
+        if finals.is_empty() {
+            return Ok(());
+        }
+        let mut removed = Vec::new();
+        for (interval, recorded) in finals {
+            let interval = to_u64(interval, "interval")?;
+            let row = self
+                .row(interval)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt(format!("settlement {interval} vanished")))?;
+            let Some(bn) = row.block_number else {
+                removed.push(row);
+                continue;
+            };
+            let canonical = self.chain.block_hash(bn).await?;
+            if canonical.map(|h| h.to_string()).as_deref() != Some(recorded.as_str()) {
+                removed.push(row);
+            }
+        }
+        for row in removed {
+            warn!(interval = row.interval, block = ?row.block_number, "a final batch's block left the canonical chain (deep reorg); auditing it");
+            self.step_confirmed(&row, head).await?;
+        }
+        Ok(())
+    }
+
+    /// One row of the settlements table, whatever its status.
+    async fn row(&self, interval: u64) -> Result<Option<Row>, EvmError> {
+        Ok(self.rows(Some(interval)).await?.pop())
+    }
+
     async fn open_rows(&self) -> Result<Vec<Row>, EvmError> {
+        self.rows(None).await
+    }
+
+    /// The row of `interval`, or without one every non-final row.
+    async fn rows(&self, interval: Option<u64>) -> Result<Vec<Row>, EvmError> {
         type R = (
             i64,
             String,
@@ -391,12 +489,21 @@ impl EvmSettlement {
             Option<i64>,
             Option<String>,
         );
-        let rows: Vec<R> = sqlx::query_as(
-            "SELECT interval_start, status, batch_json, tx_hash, block_number, block_hash FROM settlements \
-             WHERE backend = 'evm' AND status <> 'final' ORDER BY seq",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = match interval {
+            None => {
+                "SELECT interval_start, status, batch_json, tx_hash, block_number, block_hash FROM settlements \
+                 WHERE backend = 'evm' AND status <> 'final' ORDER BY seq"
+            }
+            Some(_) => {
+                "SELECT interval_start, status, batch_json, tx_hash, block_number, block_hash FROM settlements \
+                 WHERE backend = 'evm' AND interval_start = ? ORDER BY seq"
+            }
+        };
+        let mut q = sqlx::query_as(sql);
+        if let Some(i) = interval {
+            q = q.bind(to_i64(i, "interval")?);
+        }
+        let rows: Vec<R> = q.fetch_all(&self.pool).await?;
         rows.into_iter()
             .map(|(interval, status, json, tx, bn, bh)| {
                 let corrupt = |w: String| {
@@ -534,7 +641,7 @@ impl EvmSettlement {
 
     /// Pending: (re)broadcast a signed attempt, or sign a new one. Returns
     /// false when the batch cannot go out now (later ones wait behind it).
-    async fn step_pending(&self, row: &Row) -> Result<bool, EvmError> {
+    async fn step_pending(&self, row: &Row, earlier_in_flight: bool) -> Result<bool, EvmError> {
         let attempts = self.attempts(row.interval).await?;
         if let Some(a) = attempts
             .iter()
@@ -560,9 +667,17 @@ impl EvmSettlement {
                 ours,
             });
         }
-        let entries = self.entries(&row.batch)?;
-        let n_entries = entries.len();
-        let call = contract::settle_call(&self.grid, IntervalId(row.interval), &row.batch, entries);
+        let plan = contract::plan_input(&self.chain, self.contract, &self.accounts_of(&row.batch)?)
+            .await?;
+        if !plan.registrations.is_empty() && earlier_in_flight {
+            debug!(
+                interval = row.interval,
+                "batch registers accounts; waiting for the earlier batch to be mined"
+            );
+            return Ok(false);
+        }
+        let size = (plan.count, plan.registrations.len());
+        let call = contract::settle_call(&self.grid, IntervalId(row.interval), &row.batch, plan);
         let input = call.abi_encode();
         // Simulate first: a paused contract or a missing role must not burn
         // nonces and gas on transactions that revert.
@@ -596,9 +711,7 @@ impl EvmSettlement {
             .transpose()?
             .unwrap_or(0)
             .max(mined);
-        let signed = self
-            .sign_settle(input.clone(), nonce, fees, n_entries)
-            .await?;
+        let signed = self.sign_settle(input.clone(), nonce, fees, size).await?;
         let now = self.now();
         sqlx::query(
             "INSERT INTO evm_txs (tx_hash, interval_start, chain_id, sender, nonce, attempt, max_fee, priority_fee, raw, \
@@ -649,7 +762,7 @@ impl EvmSettlement {
         input: Vec<u8>,
         nonce: u64,
         fees: Fees,
-        entries: usize,
+        (entries, registrations): (usize, usize),
     ) -> Result<chain::SignedTx, EvmError> {
         let mut req = TransactionRequest::default()
             .with_from(self.sender)
@@ -657,7 +770,7 @@ impl EvmSettlement {
             .with_input(input)
             .with_nonce(nonce)
             .with_chain_id(self.settings.chain_id)
-            .with_gas_limit(gas_limit(entries));
+            .with_gas_limit(gas_limit(entries, registrations));
         if self.settings.legacy {
             req = req.with_gas_price(fees.max_fee);
         } else {
@@ -802,12 +915,15 @@ impl EvmSettlement {
             return Ok(());
         }
         fees.priority_fee = fees.priority_fee.min(fees.max_fee);
-        let entries = self.entries(&row.batch)?;
-        let n = entries.len();
-        let input =
-            contract::settle_call(&self.grid, IntervalId(row.interval), &row.batch, entries)
-                .abi_encode();
-        let signed = self.sign_settle(input, old.nonce, fees, n).await?;
+        // Planned again: the registry cannot have changed under a batch that
+        // is still waiting, unless an earlier one was mined meanwhile, and
+        // then the old plan would revert anyway.
+        let plan = contract::plan_input(&self.chain, self.contract, &self.accounts_of(&row.batch)?)
+            .await?;
+        let size = (plan.count, plan.registrations.len());
+        let input = contract::settle_call(&self.grid, IntervalId(row.interval), &row.batch, plan)
+            .abi_encode();
+        let signed = self.sign_settle(input, old.nonce, fees, size).await?;
         let now = self.now();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
@@ -920,7 +1036,7 @@ impl EvmSettlement {
     ) -> Result<SettlementRecord, SettlementError> {
         // Refuse before recording: a batch that cannot be encoded would
         // block the chain forever.
-        self.entries(batch)?;
+        self.accounts_of(batch)?;
         let now = to_i64(self.now(), "time")?;
         self.ledger
             .record_batch(batch, SettlementStatus::Pending, "evm", now)

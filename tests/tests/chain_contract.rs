@@ -10,7 +10,10 @@ use chain_common::*;
 use clearing::evm::alloy::primitives::{Address, B256, U256};
 use clearing::evm::alloy::providers::Provider;
 use clearing::evm::alloy::sol_types::{SolCall, SolEvent};
-use clearing::evm::contract::{TestToken, VoltshareSettlement, digest_of, entry_word};
+use clearing::evm::contract::{
+    SettleInput, TestToken, VoltshareSettlement, digest_of, encode_entries, plan_input,
+    registration_word,
+};
 use clearing::evm::{EvmError, is_already_settled};
 use std::process::Command;
 
@@ -30,7 +33,7 @@ fn artifact_is_what_the_sources_compile_to() {
     );
 }
 
-fn call(grid: B256, interval: u64, entries: Vec<B256>) -> VoltshareSettlement::settleCall {
+fn call(grid: B256, interval: u64, input: SettleInput) -> VoltshareSettlement::settleCall {
     VoltshareSettlement::settleCall {
         grid,
         interval,
@@ -38,7 +41,17 @@ fn call(grid: B256, interval: u64, entries: Vec<B256>) -> VoltshareSettlement::s
         tradesRoot: B256::repeat_byte(2),
         readingsRoot: B256::repeat_byte(3),
         batchHash: B256::repeat_byte(4),
-        entries,
+        registrations: input.registrations,
+        entries: input.entries,
+    }
+}
+
+/// Entries by registry index, registering nothing.
+fn by_index(entries: &[(u16, i64)]) -> SettleInput {
+    SettleInput {
+        registrations: Vec::new(),
+        entries: encode_entries(entries).expect("fits"),
+        count: entries.len(),
     }
 }
 
@@ -64,13 +77,18 @@ async fn contract_settles_once_per_interval_and_guards_its_roles() {
     let c = VoltshareSettlement::new(d.contract, settler.clone());
     let grid = B256::repeat_byte(0x61);
     let util = utility();
-    // a receives 300, b pays 350, the utility gets 50: sums to zero.
-    let entries = vec![
-        entry_word(a.address(), 300),
-        entry_word(b.address(), -350),
-        entry_word(util, 50),
-    ];
-    let s = call(grid, 7, entries.clone());
+    // a receives 300, b pays 350, the utility gets 50: sums to zero. The
+    // batch registers all three (indexes 0, 1, 2: a and b share a slot).
+    let planned = plan_input(
+        &chain,
+        d.contract,
+        &[(a.address(), 300), (b.address(), -350), (util, 50)],
+    )
+    .await
+    .expect("plan");
+    assert_eq!(planned.registrations.len(), 3);
+    assert_eq!(planned.entries.len(), 24, "8 bytes per entry");
+    let s = call(grid, 7, planned);
     let receipt = c
         .settle(
             s.grid,
@@ -79,6 +97,7 @@ async fn contract_settles_once_per_interval_and_guards_its_roles() {
             s.tradesRoot,
             s.readingsRoot,
             s.batchHash,
+            s.registrations.clone(),
             s.entries.clone(),
         )
         .send()
@@ -96,7 +115,16 @@ async fn contract_settles_once_per_interval_and_guards_its_roles() {
         .filter_map(|l| VoltshareSettlement::Settled::decode_log(&l.inner).ok())
         .collect();
     assert_eq!(settled.len(), 3);
-    assert_eq!(settled[1].account, b.address());
+    assert_eq!(settled[1].account, U256::from(1u64));
+    let reg = VoltshareSettlement::new(d.contract, chain.provider());
+    assert_eq!(
+        reg.accountAt(U256::from(1u64)).call().await.expect("at"),
+        b.address()
+    );
+    assert_eq!(
+        reg.accountCount().call().await.expect("count"),
+        U256::from(3u64)
+    );
     assert_eq!(
         settled[1].amount,
         clearing::evm::alloy::primitives::I256::try_from(-350).expect("i256")
@@ -148,6 +176,7 @@ async fn contract_settles_once_per_interval_and_guards_its_roles() {
             s.tradesRoot,
             s.readingsRoot,
             s.batchHash,
+            s.registrations.clone(),
             s.entries.clone(),
         )
         .gas(300_000)
@@ -167,22 +196,14 @@ async fn contract_settles_once_per_interval_and_guards_its_roles() {
         "not paid twice"
     );
     // The same interval of another grid is a different batch.
-    let other = call(
-        B256::repeat_byte(0x62),
-        7,
-        vec![entry_word(a.address(), 1), entry_word(b.address(), -1)],
-    );
+    let other = call(B256::repeat_byte(0x62), 7, by_index(&[(0, 1), (1, -1)]));
     chain
         .call(dev_key(1).address(), d.contract, other.abi_encode().into())
         .await
         .expect("other grid settles");
 
     // Unbalanced: refused.
-    let unbalanced = call(
-        grid,
-        8,
-        vec![entry_word(a.address(), 10), entry_word(b.address(), -9)],
-    );
+    let unbalanced = call(grid, 8, by_index(&[(0, 10), (1, -9)]));
     assert!(matches!(
         chain
             .call(
@@ -193,8 +214,65 @@ async fn contract_settles_once_per_interval_and_guards_its_roles() {
             .await,
         Err(EvmError::Reverted { .. })
     ));
+    // An index no account holds, a registration out of order, or one of an
+    // account already registered: refused, never booked to the wrong
+    // account.
+    for bad in [
+        by_index(&[(0, 1), (3, -1)]),
+        SettleInput {
+            registrations: vec![registration_word(4, Address::repeat_byte(9))],
+            ..by_index(&[])
+        },
+        SettleInput {
+            registrations: vec![registration_word(3, a.address())],
+            ..by_index(&[])
+        },
+    ] {
+        assert!(matches!(
+            chain
+                .call(
+                    dev_key(1).address(),
+                    d.contract,
+                    call(grid, 8, bad).abi_encode().into()
+                )
+                .await,
+            Err(EvmError::Reverted { .. })
+        ));
+    }
+    // A new account at the next index works, and a deposit made before
+    // its registration moves into its balance.
+    let late = Address::repeat_byte(0x42);
+    clearing::evm::fund_test_accounts(&chain, &dev_key(0), &d, &[late], 70)
+        .await
+        .expect("deposit");
+    assert_eq!(chain.balance_of(d.contract, late).await.expect("bal"), 70);
+    let with_late = SettleInput {
+        registrations: vec![registration_word(3, late)],
+        ..by_index(&[(3, -100), (2, 100)])
+    };
+    let l = call(grid, 9, with_late);
+    let r = c
+        .settle(
+            l.grid,
+            l.interval,
+            l.ordersRoot,
+            l.tradesRoot,
+            l.readingsRoot,
+            l.batchHash,
+            l.registrations,
+            l.entries,
+        )
+        .send()
+        .await
+        .expect("send")
+        .get_receipt()
+        .await
+        .expect("receipt");
+    assert!(r.status(), "registers and settles");
+    assert_eq!(chain.balance_of(d.contract, late).await.expect("bal"), -30);
+    assert_eq!(chain.balance_of(d.contract, util).await.expect("bal"), 150);
     // Only the settler may settle.
-    let s8 = call(grid, 8, entries.clone());
+    let s8 = call(grid, 8, by_index(&[(0, 300), (1, -350), (2, 50)]));
     assert!(matches!(
         chain
             .call(a.address(), d.contract, s8.abi_encode().into())
@@ -270,16 +348,17 @@ async fn contract_settles_once_per_interval_and_guards_its_roles() {
     let _: Address = d.contract;
 }
 
-/// The gas goal: at most 2,000 gas per trade at 100 trades in an interval.
-/// Per-trade gas falls with trades per household (net amounts, not trades,
-/// go on-chain): the goal holds from about 6 trades per household (16
-/// households); at 5 per household (20 households) it is ~2% above, and
-/// this test pins both figures so that a regression shows.
+/// The gas goal: at most 2,000 gas per trade at 100 trades in an interval,
+/// met with 16 and 20 households (6 and 5 trades per household). Net
+/// amounts, not trades, go on-chain, so fewer trades per household cost
+/// more per trade: with 30 households (3⅓ trades each) it is about 6 %
+/// above the goal, and this test pins that figure so that a regression
+/// shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gas_per_trade_at_100_trades() {
     let anvil = anvil(&[]);
     let chain = chain(&anvil);
-    for (households, bound) in [(16, 2_000), (20, 2_100)] {
+    for (households, bound) in [(16, 2_000), (20, 2_000), (30, 2_150)] {
         let report =
             clearing::evm::bench::settlement_gas(&chain, &dev_key(0), &dev_key(1), 100, households)
                 .await

@@ -6,7 +6,7 @@
 
 use super::EvmError;
 use super::chain::Chain;
-use super::contract::{TestToken, VoltshareSettlement, entry_word, settle_call};
+use super::contract::{SettleInput, TestToken, VoltshareSettlement, plan_input, settle_call};
 use super::{Deployment, deploy, fund_test_accounts};
 use crate::settlement::{Delivery, reconcile};
 use alloy::primitives::{Address, U256, keccak256};
@@ -107,9 +107,10 @@ pub async fn settlement_gas(
         .map(|t| account_of(&t.household))
         .collect();
     accounts.push(utility);
-    // Every account already holds a deposit, as in steady operation: the
-    // first-ever credit to an account costs a fresh storage slot (20,000
-    // gas) once, not per interval.
+    // Every account already holds a deposit and a registry index, as in
+    // steady operation: registering an account (three fresh slots) happens
+    // once, in the first batch that names it, not per interval. A first
+    // batch without entries registers them all.
     fund_test_accounts(chain, admin, &d, &accounts, 1_000_000_000).await?;
     let grid = GridId::new("bench").map_err(|e| EvmError::Config(e.to_string()))?;
     let h = |tag: &str| Hash32(keccak256(tag.as_bytes()).0);
@@ -123,39 +124,43 @@ pub async fn settlement_gas(
         transfers: rec.transfers.clone(),
         utility: rec.utility,
     };
-    let mut entries: Vec<_> = rec
+    let mut amounts: Vec<(Address, i64)> = rec
         .transfers
         .iter()
-        .map(|t| entry_word(account_of(&t.household), t.amount.0))
+        .map(|t| (account_of(&t.household), t.amount.0))
         .collect();
     if batch.utility.0 != 0 {
-        entries.push(entry_word(utility, batch.utility.0));
+        amounts.push((utility, batch.utility.0));
     }
-    let call = settle_call(&grid, batch.interval, &batch, entries);
+    let first = SettlementBatch {
+        interval: IntervalId(batch.interval.0 - 900_000),
+        transfers: Vec::new(),
+        utility: protocol::Micros(0),
+        ..batch.clone()
+    };
+    let warm = SettleInput {
+        entries: Default::default(),
+        count: 0,
+        ..plan_input(chain, d.contract, &amounts).await?
+    };
+    settle_direct(
+        chain,
+        settler,
+        d.contract,
+        settle_call(&grid, first.interval, &first, warm),
+    )
+    .await?;
+    let input = plan_input(chain, d.contract, &amounts).await?;
+    if !input.registrations.is_empty() {
+        return Err(EvmError::Node(
+            "benchmark accounts were not registered".into(),
+        ));
+    }
+    let call = settle_call(&grid, batch.interval, &batch, input);
     let calldata_bytes = call.abi_encode().len();
-    let p = chain.operator(settler)?;
-    let c = VoltshareSettlement::new(d.contract, p);
+    let receipt = settle_direct(chain, settler, d.contract, call).await?;
     let err = |e: alloy::contract::Error| EvmError::Node(e.to_string());
     let perr = |e: alloy::providers::PendingTransactionError| EvmError::Node(e.to_string());
-    let receipt = c
-        .settle(
-            call.grid,
-            call.interval,
-            call.ordersRoot,
-            call.tradesRoot,
-            call.readingsRoot,
-            call.batchHash,
-            call.entries,
-        )
-        .send()
-        .await
-        .map_err(err)?
-        .get_receipt()
-        .await
-        .map_err(perr)?;
-    if !receipt.status() {
-        return Err(EvmError::Node("benchmark settle reverted".into()));
-    }
     // Reference: one ERC-20 transfer between two holders.
     let t = TestToken::new(d.token, chain.operator(admin)?);
     t.mint(admin.address(), U256::from(10u64))
@@ -186,4 +191,36 @@ pub async fn settlement_gas(
         contract: d.contract,
         tx_hash: receipt.transaction_hash.to_string(),
     })
+}
+
+/// Sends one `settle` call from `settler` and waits for its receipt; a
+/// revert is an error.
+async fn settle_direct(
+    chain: &Chain,
+    settler: &PrivateKeySigner,
+    contract: Address,
+    call: VoltshareSettlement::settleCall,
+) -> Result<alloy::rpc::types::TransactionReceipt, EvmError> {
+    let c = VoltshareSettlement::new(contract, chain.operator(settler)?);
+    let receipt = c
+        .settle(
+            call.grid,
+            call.interval,
+            call.ordersRoot,
+            call.tradesRoot,
+            call.readingsRoot,
+            call.batchHash,
+            call.registrations,
+            call.entries,
+        )
+        .send()
+        .await
+        .map_err(|e| EvmError::Node(e.to_string()))?
+        .get_receipt()
+        .await
+        .map_err(|e| EvmError::Node(e.to_string()))?;
+    if !receipt.status() {
+        return Err(EvmError::Node("benchmark settle reverted".into()));
+    }
+    Ok(receipt)
 }

@@ -214,6 +214,31 @@ impl Chain {
         i128::try_from(v).map_err(|_| EvmError::Node(format!("balance {v} out of range")))
     }
 
+    /// The registry index of each account (`None`: not registered) and the
+    /// next free index.
+    pub async fn account_indexes(
+        &self,
+        contract: Address,
+        accounts: Vec<Address>,
+    ) -> Result<(u64, Vec<Option<u16>>), EvmError> {
+        let c = VoltshareSettlement::new(contract, &self.provider);
+        let r = self
+            .rpc(async { c.indexesOf(accounts).call().await.map_err(contract_err) })
+            .await?;
+        let bad = |v: &U256| EvmError::Node(format!("registry index {v} out of range"));
+        let next = u64::try_from(r.next).map_err(|_| bad(&r.next))?;
+        let known = r
+            .indexPlusOne
+            .iter()
+            .map(|p| match u32::try_from(*p) {
+                Ok(0) => Ok(None),
+                Ok(q) => u16::try_from(q - 1).map(Some).map_err(|_| bad(p)),
+                Err(_) => Err(bad(p)),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((next, known))
+    }
+
     /// The stored digest of (grid, interval); zero if none.
     pub async fn batch_digest(
         &self,

@@ -1,15 +1,15 @@
 //! The settlement contract's ABI (generated from the committed artifact, so
 //! that the Rust side can never drift from what was compiled) and the batch
-//! encoding: one packed 32-byte word per account, 32-byte roots.
-//!
-//! A word is the account's address in bits 96..255, a debit flag in bit 95
-//! and the amount's magnitude in bits 0..94. Sign and magnitude rather than two's
-//! complement because calldata costs 4 gas per zero byte and 16 per non-zero
-//! byte: a small debit in two's complement is eleven 0xff bytes.
+//! encoding: accounts by their index in the contract's registry (new ones
+//! registered by the batch that first names them), 8 bytes per entry,
+//! 32-byte roots. See the contract's header for why.
 
-use alloy::primitives::{Address, B256, keccak256};
+use super::EvmError;
+use super::chain::Chain;
+use alloy::primitives::{Address, B256, Bytes, U256, keccak256};
 use alloy::sol_types::SolValue;
 use protocol::{GridId, Hash32, IntervalId, SettlementBatch};
+use std::collections::BTreeMap;
 
 // The generated deploy function takes the constructor's arguments plus the
 // provider: more than clippy's default of seven.
@@ -32,8 +32,11 @@ alloy::sol!(
     "../deploy/contracts/artifacts/TestToken.json"
 );
 
-/// The debit flag of an entry word.
-const DEBIT: u128 = 1 << 95;
+/// The debit flag of an entry (bit 47 of its 64 bits).
+const DEBIT: u64 = 1 << 47;
+/// The largest magnitude an entry carries: 47 bits of micro-units (about
+/// 140 million currency units, per household and interval).
+pub const MAX_ENTRY_AMOUNT: u64 = DEBIT - 1;
 
 /// The on-chain name of a grid: keccak-256 of its id.
 pub fn grid_word(grid: &GridId) -> B256 {
@@ -45,31 +48,120 @@ pub fn word(h: &Hash32) -> B256 {
     B256::from(h.0)
 }
 
-/// Packs an account and a signed amount (micro-units) into one word.
-pub fn entry_word(account: Address, amount: i64) -> B256 {
-    let mut w = [0u8; 32];
-    w[..20].copy_from_slice(account.as_slice());
-    let mut low = u128::from(amount.unsigned_abs());
-    if amount < 0 {
-        low |= DEBIT;
+/// Refuses an amount that does not fit an entry (named for the error).
+pub fn check_amount(who: &str, amount: i64) -> Result<(), EvmError> {
+    if amount.unsigned_abs() > MAX_ENTRY_AMOUNT {
+        return Err(EvmError::Config(format!(
+            "net amount {amount} of {who} exceeds the {MAX_ENTRY_AMOUNT} micro-units an on-chain entry holds"
+        )));
     }
-    w[20..].copy_from_slice(&low.to_be_bytes()[4..]);
-    B256::from(w)
+    Ok(())
 }
 
-/// Unpacks a word (the inverse of [`entry_word`]).
-pub fn parse_entry(w: &B256) -> (Address, i128) {
-    let account = Address::from_slice(&w[..20]);
-    let mut low = [0u8; 16];
-    low[4..].copy_from_slice(&w[20..]);
-    let low = u128::from_be_bytes(low);
-    let magnitude = i128::try_from(low & (DEBIT - 1)).unwrap_or(i128::MAX);
-    let amount = if low & DEBIT != 0 {
-        -magnitude
-    } else {
-        magnitude
-    };
-    (account, amount)
+/// One entry: registry index in bits 48..63, debit flag in bit 47,
+/// magnitude below; 8 bytes big-endian. Sign and magnitude rather than two's
+/// complement because calldata costs 4 gas per zero byte and 16 per non-zero
+/// byte: a small debit in two's complement is six 0xff bytes.
+pub fn entry_bytes(index: u16, amount: i64) -> Result<[u8; 8], EvmError> {
+    check_amount(&format!("account #{index}"), amount)?;
+    let mut e = (u64::from(index) << 48) | amount.unsigned_abs();
+    if amount < 0 {
+        e |= DEBIT;
+    }
+    Ok(e.to_be_bytes())
+}
+
+/// Packs entries into the `entries` argument of `settle`.
+pub fn encode_entries(entries: &[(u16, i64)]) -> Result<Bytes, EvmError> {
+    let mut out = Vec::with_capacity(entries.len() * 8);
+    for (i, a) in entries {
+        out.extend_from_slice(&entry_bytes(*i, *a)?);
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Unpacks `entries` (the inverse of [`encode_entries`]); `None` if the
+/// length is not a multiple of 8.
+pub fn parse_entries(bytes: &[u8]) -> Option<Vec<(u16, i64)>> {
+    if bytes.len() % 8 != 0 {
+        return None;
+    }
+    bytes
+        .chunks_exact(8)
+        .map(|c| {
+            let e = u64::from_be_bytes(c.try_into().ok()?);
+            let index = u16::try_from(e >> 48).ok()?;
+            let magnitude = i64::try_from(e & MAX_ENTRY_AMOUNT).ok()?;
+            Some((
+                index,
+                if e & DEBIT != 0 {
+                    -magnitude
+                } else {
+                    magnitude
+                },
+            ))
+        })
+        .collect()
+}
+
+/// A registration word: index in bits 160..175, the account below.
+pub fn registration_word(index: u16, account: Address) -> U256 {
+    (U256::from(index) << 160) | U256::from_be_slice(account.as_slice())
+}
+
+/// The account-dependent arguments of one `settle` call.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SettleInput {
+    /// Accounts this batch registers, in index order.
+    pub registrations: Vec<U256>,
+    /// The packed entries.
+    pub entries: Bytes,
+    /// Number of entries.
+    pub count: usize,
+}
+
+/// Encodes `accounts` (address and signed amount, in batch order) against
+/// the registry as the chain holds it now: known accounts by their index,
+/// new ones registered at the next free indexes. The contract refuses a
+/// registration whose index is no longer the next free one, so an input
+/// planned against a registry that changed before it was mined reverts
+/// instead of paying the wrong account.
+pub async fn plan_input(
+    chain: &Chain,
+    contract: Address,
+    accounts: &[(Address, i64)],
+) -> Result<SettleInput, EvmError> {
+    let addrs: Vec<Address> = accounts.iter().map(|a| a.0).collect();
+    let (next, known) = chain.account_indexes(contract, addrs).await?;
+    let mut next = next;
+    let mut registrations = Vec::new();
+    let mut new_index: BTreeMap<Address, u16> = BTreeMap::new();
+    let mut entries = Vec::with_capacity(accounts.len());
+    for ((account, amount), known) in accounts.iter().zip(known) {
+        let index = match known {
+            Some(i) => i,
+            None => match new_index.get(account) {
+                Some(i) => *i,
+                None => {
+                    let i = u16::try_from(next).map_err(|_| {
+                        EvmError::Config(format!(
+                            "the contract's account registry is full ({next} accounts)"
+                        ))
+                    })?;
+                    next += 1;
+                    registrations.push(registration_word(i, *account));
+                    new_index.insert(*account, i);
+                    i
+                }
+            },
+        };
+        entries.push((index, *amount));
+    }
+    Ok(SettleInput {
+        registrations,
+        count: entries.len(),
+        entries: encode_entries(&entries)?,
+    })
 }
 
 /// What `batchDigest(grid, interval)` holds once a batch with these roots is
@@ -88,14 +180,12 @@ pub fn batch_digest(batch: &SettlementBatch) -> B256 {
     )
 }
 
-/// The `settle` call of a batch, given each account's on-chain address
-/// (households in the batch's order, then the utility if its net is not
-/// zero).
+/// The `settle` call of a batch, given its planned [`SettleInput`].
 pub fn settle_call(
     grid: &GridId,
     interval: IntervalId,
     batch: &SettlementBatch,
-    entries: Vec<B256>,
+    input: SettleInput,
 ) -> VoltshareSettlement::settleCall {
     VoltshareSettlement::settleCall {
         grid: grid_word(grid),
@@ -104,7 +194,8 @@ pub fn settle_call(
         tradesRoot: word(&batch.trades_root),
         readingsRoot: word(&batch.readings_root),
         batchHash: word(&batch.hash()),
-        entries,
+        registrations: input.registrations,
+        entries: input.entries,
     }
 }
 
@@ -113,23 +204,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entry_words_round_trip_and_stay_small() {
-        let a = Address::repeat_byte(0x11);
-        for amount in [
+    fn entries_round_trip_and_stay_small() {
+        let amounts = [
             0i64,
             1,
             -1,
             123_456_789,
             -987_654_321,
-            i64::MAX,
-            i64::MIN + 1,
-        ] {
-            let w = entry_word(a, amount);
-            assert_eq!(parse_entry(&w), (a, i128::from(amount)), "{amount}");
-        }
-        // A small debit costs one extra non-zero byte, not eleven.
-        let w = entry_word(a, -5);
-        assert_eq!(w[20..].iter().filter(|b| **b != 0).count(), 2);
+            MAX_ENTRY_AMOUNT as i64,
+            -(MAX_ENTRY_AMOUNT as i64),
+        ];
+        let entries: Vec<(u16, i64)> = amounts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (u16::try_from(i * 1000).unwrap_or(u16::MAX), *a))
+            .collect();
+        let bytes = encode_entries(&entries).expect("fits");
+        assert_eq!(bytes.len(), 8 * entries.len());
+        assert_eq!(parse_entries(&bytes), Some(entries));
+        // A small debit of a low index costs two non-zero bytes, not six.
+        let e = entry_bytes(3, -5).expect("fits");
+        assert_eq!(e.iter().filter(|b| **b != 0).count(), 3);
+        assert_eq!(parse_entries(&[0u8; 7]), None);
+    }
+
+    #[test]
+    fn an_amount_beyond_47_bits_is_refused_by_name() {
+        let err = entry_bytes(1, 1i64 << 47).expect_err("too large");
+        assert!(err.to_string().contains("account #1"), "{err}");
+        assert!(check_amount("h1", -(1i64 << 47)).is_err());
+        assert!(check_amount("h1", i64::MIN).is_err());
+    }
+
+    #[test]
+    fn registration_word_puts_the_index_above_the_address() {
+        let a = Address::repeat_byte(0x11);
+        let w = registration_word(7, a).to_be_bytes::<32>();
+        assert_eq!(&w[12..], a.as_slice());
+        assert_eq!(&w[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
     }
 
     #[test]
