@@ -41,6 +41,8 @@ use crate::config::EngineConfig;
 use crate::error::EngineError;
 use crate::intake::{Inbound, Intake, IntakeRules, Screened, gate_closure};
 use crate::metrics::Counters;
+use crate::operator::{EnrolmentSummary, OpFuture, Operator, OperatorError};
+use crate::params::{ParamSet, ParamsCell};
 use crate::read::ReadModel;
 use crate::read_model::{EngineReadModel, LiveBoard};
 use crate::registry::Registry;
@@ -84,6 +86,9 @@ struct Shared {
     registry: std::sync::RwLock<Arc<Registry>>,
     counters: Arc<Counters>,
     live: Arc<LiveBoard>,
+    /// The auction parameters and gate lead in force per interval (the
+    /// configured set plus the operator's changes, [`crate::params`]).
+    params: ParamsCell,
     client: AsyncClient,
     schedule: Option<Schedule>,
     /// The settlement backend: the embedded ledger, or the EVM backend
@@ -142,6 +147,16 @@ pub async fn start_engine(
         None => None,
     };
     settlement::register_engine_key(&pool, &engine_key.verifying_key(), now).await?;
+    let params = ParamsCell::new(
+        crate::params::load(
+            &pool,
+            ParamSet {
+                params: cfg.params.clone(),
+                gate_lead_ms: cfg.gate_lead_ms,
+            },
+        )
+        .await?,
+    );
     let counters = Arc::new(Counters::default());
     counters.load_rejects(store::load_rejects(&pool).await?);
 
@@ -206,6 +221,7 @@ pub async fn start_engine(
         registry: std::sync::RwLock::new(registry),
         counters,
         live: Arc::new(LiveBoard::default()),
+        params,
         client,
         schedule,
         gate_lock: Mutex::new(()),
@@ -275,11 +291,27 @@ pub async fn start_engine(
 impl EngineHandle {
     /// The read model for the dashboard.
     pub fn read_model(&self) -> Arc<dyn ReadModel> {
-        Arc::new(EngineReadModel::new(
-            self.shared.pool.clone(),
-            self.shared.counters.clone(),
-            self.shared.live.clone(),
-        ))
+        Arc::new(
+            EngineReadModel::new(
+                self.shared.pool.clone(),
+                self.shared.counters.clone(),
+                self.shared.live.clone(),
+            )
+            .with_params(self.shared.params.clone()),
+        )
+    }
+
+    /// The operator's write access for the dashboard: enrolment approval
+    /// and parameter changes, on this running engine.
+    pub fn operator(&self) -> Arc<dyn Operator> {
+        Arc::new(EngineOperator {
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// The parameters in force per interval.
+    pub fn params(&self) -> Arc<crate::params::ParamSchedule> {
+        self.shared.params.get()
     }
 
     /// The database pool (for tests and inspection).
@@ -427,13 +459,14 @@ async fn clear_one(s: &Shared, interval: IntervalId) -> Result<ClearingResult, E
     let cleared = {
         let _gate = s.gate_lock.lock().await;
         let now = s.clock.now();
-        if now < gate_closure(interval, s.cfg.gate_lead_ms) {
+        let schedule = s.params.get();
+        let set = schedule.for_interval(interval);
+        if now < gate_closure(interval, set.gate_lead_ms) {
             return Err(EngineError::GateOpen(interval.0));
         }
         let sw = protocol::Stopwatch::start();
         let cleared =
-            book::clear_interval(&s.pool, &s.cfg.grid, &s.cfg.params, &s.key, interval, now)
-                .await?;
+            book::clear_interval(&s.pool, &s.cfg.grid, &set.params, &s.key, interval, now).await?;
         if cleared.fresh {
             s.counters.clearing_duration.observe(sw.elapsed());
         }
@@ -467,14 +500,14 @@ async fn settle_one(s: &Shared, interval: IntervalId) -> Result<SettlementRecord
         interval_ms: s.cfg.interval_ms,
     };
     let existed = settlement::record(&s.pool, interval).await?.is_some();
-    let rec = settler::settle_interval(
-        ctx,
-        &s.cfg.params,
-        s.backend.as_ref(),
-        interval,
-        s.clock.now(),
-    )
-    .await?;
+    // Settled with the tariffs the interval was cleared with (they are in
+    // its signed result), whatever the operator changed since.
+    let params = match book::stored_result(&s.pool, interval).await? {
+        Some(c) => c.result.params,
+        None => s.params.get().for_interval(interval).params.clone(),
+    };
+    let rec =
+        settler::settle_interval(ctx, &params, s.backend.as_ref(), interval, s.clock.now()).await?;
     if !existed {
         Counters::bump(&s.counters.intervals_settled, 1);
     }
@@ -652,26 +685,61 @@ async fn screen_batch(s: &Shared, batch: Vec<Inbound>) -> Option<Verified> {
 /// batch under the gate lock, then acknowledges. Ends when the verifier
 /// does (after its last batch).
 async fn run_intake(s: Arc<Shared>, mut verified: mpsc::Receiver<Verified>) {
-    let rules = IntakeRules {
+    let mut lead = s.cfg.gate_lead_ms;
+    let mut intake = Intake::new(intake_rules(&s, lead), s.registry(), s.pool.clone());
+    while let Some((screened, n)) = verified.recv().await {
+        process_batch(&s, &mut intake, &mut lead, screened, n).await;
+    }
+}
+
+fn intake_rules(s: &Shared, gate_lead_ms: u64) -> IntakeRules {
+    IntakeRules {
         grid: s.cfg.grid.clone(),
         interval_ms: s.cfg.interval_ms,
-        gate_lead_ms: s.cfg.gate_lead_ms,
+        gate_lead_ms,
         timestamp_window_ms: s.cfg.timestamp_window_ms,
         max_reading_age_ms: s.cfg.max_reading_age_ms,
         max_orders_per_interval: s.cfg.max_orders_per_interval,
         max_order_wh: s.cfg.max_order_wh,
         order_horizon_intervals: s.cfg.order_horizon_intervals,
-    };
-    let mut intake = Intake::new(rules, s.registry(), s.pool.clone());
-    while let Some((screened, n)) = verified.recv().await {
-        process_batch(&s, &mut intake, screened, n).await;
     }
 }
 
-async fn process_batch(s: &Shared, intake: &mut Intake, screened: Screened, n: usize) {
+/// After an operator changed the gate lead, the intake's lead follows
+/// [`crate::params::ParamSchedule::intake_lead`]; the intake is rebuilt with
+/// it (its caches refill from the store). Nothing to do, and no query, while
+/// the configured set is the only one.
+async fn follow_gate_lead(s: &Shared, intake: &mut Intake, lead: &mut u64) {
+    let schedule = s.params.get();
+    if schedule.changes().is_empty() {
+        return;
+    }
+    let first = match book::last_cleared(&s.pool).await {
+        Ok(last) => IntervalId(last.map_or(0, |l| l.0.saturating_add(s.cfg.interval_ms))),
+        Err(error) => {
+            warn!(%error, "could not read the last cleared interval; gate lead kept");
+            return;
+        }
+    };
+    let want = schedule.intake_lead(first);
+    if want != *lead {
+        info!(from = *lead, to = want, "intake gate lead changed");
+        *lead = want;
+        *intake = Intake::new(intake_rules(s, want), s.registry(), s.pool.clone());
+    }
+}
+
+async fn process_batch(
+    s: &Shared,
+    intake: &mut Intake,
+    lead: &mut u64,
+    screened: Screened,
+    n: usize,
+) {
     let sw = protocol::Stopwatch::start();
     let out = {
         let _gate = s.gate_lock.lock().await;
+        follow_gate_lead(s, intake, lead).await;
         let now = s.clock.now();
         match intake.apply(screened, now).await {
             Ok(out) => out,
@@ -686,6 +754,7 @@ async fn process_batch(s: &Shared, intake: &mut Intake, screened: Screened, n: u
     c.last_batch
         .store(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
     c.add_rejects(&out.rejects);
+    c.add_sender_rejects(out.acks.iter().map(|(h, items)| (h, items.as_slice())));
     Counters::bump(
         &c.readings_accepted,
         u64::try_from(out.readings).unwrap_or(0),
@@ -748,7 +817,7 @@ async fn run_scheduler(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             s.schedule.as_ref(),
             now,
             s.cfg.interval_ms,
-            s.cfg.gate_lead_ms,
+            s.params.get().latest().gate_lead_ms,
         );
         let nap = s
             .clock
@@ -764,13 +833,24 @@ async fn run_scheduler(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
 async fn clear_due(s: &Shared) -> Result<(), EngineError> {
     let last = book::last_cleared(&s.pool).await?;
     let now = s.clock.now();
-    let due = schedule::due_intervals(
+    // Candidates under the largest lead still ahead; each is then due only
+    // once its own gate (with the lead in force for it) has closed, and
+    // intervals are cleared in order.
+    let params = s.params.get();
+    let first = IntervalId(last.map_or(0, |l| l.0.saturating_add(s.cfg.interval_ms)));
+    let mut due = schedule::due_intervals(
         last,
         now,
         s.cfg.interval_ms,
-        s.cfg.gate_lead_ms,
+        params.intake_lead(first),
         s.cfg.max_catch_up_intervals,
     );
+    if let Some(open) = due
+        .iter()
+        .position(|i| now < gate_closure(*i, params.for_interval(*i).gate_lead_ms))
+    {
+        due.truncate(open);
+    }
     if let (Some(last), Some(first)) = (last, due.first())
         && first.0 > last.0.saturating_add(s.cfg.interval_ms)
     {
@@ -838,4 +918,61 @@ async fn settle_due(s: &Shared) -> Result<(), EngineError> {
         settle_one(s, interval).await?;
     }
     Ok(())
+}
+
+/// The engine's side of [`Operator`].
+struct EngineOperator {
+    shared: Arc<Shared>,
+}
+
+impl Operator for EngineOperator {
+    fn check_enrolment(&self, request_file: &str) -> Result<EnrolmentSummary, OperatorError> {
+        Ok(crate::enrol::verify_request(request_file, Some(&self.shared.cfg.grid))?.into())
+    }
+
+    fn approve_enrolment<'a>(&'a self, request_file: &'a str) -> OpFuture<'a, EnrolmentSummary> {
+        Box::pin(async move {
+            let s = &self.shared;
+            // The same path as `voltshare clearing approve`: verified again
+            // here, whatever was checked when the request was filed.
+            let req = crate::enrol::verify_request(request_file, Some(&s.cfg.grid))?;
+            crate::enrol::approve(&s.pool, &req, s.clock.now()).await?;
+            refresh_registry(s)
+                .await
+                .map_err(|e| OperatorError::Storage(e.to_string()))?;
+            info!(household = %req.request.household, key = %req.key_id.0, "enrolment approved from the dashboard");
+            Ok(req.into())
+        })
+    }
+
+    fn change_params<'a>(
+        &'a self,
+        update: crate::read::ParamSetRow,
+        by: &'a str,
+    ) -> OpFuture<'a, crate::read::ParamChangeRow> {
+        Box::pin(async move {
+            let s = &self.shared;
+            let new = update.validate(s.cfg.interval_ms)?;
+            let storage = |e: crate::error::StoreError| OperatorError::Storage(e.to_string());
+            // Under the gate lock no interval closes or clears while the
+            // first interval of the change is chosen and the change swapped in.
+            let _gate = s.gate_lock.lock().await;
+            let last = book::last_cleared(&s.pool).await.map_err(storage)?;
+            let now = s.clock.now();
+            let schedule = s.params.get();
+            let first = IntervalId(last.map_or(0, |l| l.0.saturating_add(s.cfg.interval_ms)));
+            let from = crate::params::effective_from(
+                now,
+                s.cfg.interval_ms,
+                schedule.intake_lead(first),
+                new.gate_lead_ms,
+                last,
+            );
+            let change = crate::params::record(&s.pool, &s.params, from, new, by, now)
+                .await
+                .map_err(storage)?;
+            info!(by, effective_from = from.0, "auction parameters changed");
+            Ok((&change).into())
+        })
+    }
 }

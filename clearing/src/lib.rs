@@ -20,7 +20,8 @@
 //!   the on-chain backend (alloy) and [`evm::verify`] re-checks a settled
 //!   interval from its signed inputs against the chain.
 //! - [`engine`]: [`start_engine`] and [`EngineHandle`], the running service.
-//! - [`read`] / [`read_model`]: what the dashboard may read.
+//! - [`read`] / [`read_model`]: what the dashboard may read; [`operator`]:
+//!   what its operator may change (enrolment, [`params`]).
 
 pub mod auction;
 pub mod book;
@@ -31,6 +32,8 @@ pub mod error;
 pub mod evm;
 pub mod intake;
 pub mod metrics;
+pub mod operator;
+pub mod params;
 pub mod read;
 pub mod read_model;
 pub mod registry;

@@ -125,6 +125,11 @@ impl std::fmt::Display for RejectReason {
 #[derive(Debug, Default)]
 pub struct Counters {
     rejects: Mutex<BTreeMap<String, u64>>,
+    /// Rejects of authenticated senders by (household, meter, reason);
+    /// orders carry no meter and count under an empty meter. In memory:
+    /// counted since the engine started (the engine-wide counts above are
+    /// the persisted ones).
+    sender_rejects: Mutex<BTreeMap<(String, String, String), u64>>,
     /// Readings and orders taken from the broker connection (before any
     /// check): the ingest rate as offered.
     pub received: AtomicU64,
@@ -250,6 +255,46 @@ impl Counters {
     pub fn load_rejects(&self, rows: Vec<(String, u64)>) {
         let mut map = self.rejects.lock().unwrap_or_else(|p| p.into_inner());
         *map = rows.into_iter().collect();
+    }
+
+    /// Counts the rejections among a batch's acknowledgements: each is an
+    /// authenticated sender's message refused for a reason (readings name
+    /// their meter, orders none).
+    pub fn add_sender_rejects<'a>(
+        &self,
+        acks: impl IntoIterator<Item = (&'a protocol::HouseholdId, &'a [protocol::AckItem])>,
+    ) {
+        let mut map = self
+            .sender_rejects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (household, items) in acks {
+            for item in items {
+                if let protocol::AckOutcome::Rejected(reason) = &item.outcome {
+                    let meter = item
+                        .meter
+                        .as_ref()
+                        .map(|m| m.to_string())
+                        .unwrap_or_default();
+                    let n = map
+                        .entry((household.to_string(), meter, reason.clone()))
+                        .or_insert(0);
+                    *n = n.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    /// Rejects of authenticated senders as (household, meter, reason,
+    /// count), sorted; the meter is empty for orders.
+    pub fn sender_rejects(&self) -> Vec<(String, String, String, u64)> {
+        let map = self
+            .sender_rejects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|((h, m, r), n)| (h.clone(), m.clone(), r.clone(), *n))
+            .collect()
     }
 
     /// Reject counts, sorted by reason.

@@ -3,6 +3,7 @@
 //! memory; nothing here writes.
 
 use protocol::{HouseholdId, MeterId, UnixMs, Watts};
+
 use serde::Serialize;
 
 /// One interval's clearing summary, newest first in lists.
@@ -207,6 +208,73 @@ pub struct VerifyReport {
     pub checks: Vec<VerifyCheck>,
 }
 
+/// Rejected messages of one authenticated sender for one reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MeterRejectRow {
+    pub household: String,
+    /// The meter of a rejected reading; `None` for orders.
+    pub meter: Option<String>,
+    /// The reject reason, e.g. `stale_sequence`.
+    pub reason: String,
+    pub count: u64,
+}
+
+/// One set of auction parameters, as the operator edits them.
+pub type ParamSetRow = crate::params::ParamsUpdate;
+
+/// One audited change of the auction parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParamChangeRow {
+    pub id: i64,
+    /// First interval (Unix ms) cleared with `new`.
+    pub effective_from: u64,
+    pub old: ParamSetRow,
+    pub new: ParamSetRow,
+    pub changed_by: String,
+    /// Unix ms of the engine's clock.
+    pub changed_at: u64,
+}
+
+/// The configured parameters and every change since, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParamsRow {
+    pub configured: ParamSetRow,
+    pub changes: Vec<ParamChangeRow>,
+}
+
+impl ParamsRow {
+    /// The set in force for the interval starting at `interval_start`.
+    pub fn for_interval(&self, interval_start: u64) -> &ParamSetRow {
+        self.changes
+            .iter()
+            .rev()
+            .find(|c| c.effective_from <= interval_start)
+            .map_or(&self.configured, |c| &c.new)
+    }
+}
+
+impl From<&crate::params::ParamChange> for ParamChangeRow {
+    fn from(c: &crate::params::ParamChange) -> Self {
+        ParamChangeRow {
+            id: c.id,
+            effective_from: c.effective_from,
+            old: ParamSetRow::of(&c.old),
+            new: ParamSetRow::of(&c.new),
+            changed_by: c.changed_by.clone(),
+            changed_at: c.changed_at,
+        }
+    }
+}
+
+impl From<&crate::params::ParamSchedule> for ParamsRow {
+    fn from(s: &crate::params::ParamSchedule) -> Self {
+        ParamsRow {
+            configured: ParamSetRow::of(s.base()),
+            changes: s.changes().iter().map(ParamChangeRow::from).collect(),
+        }
+    }
+}
+
 /// Why a read failed. Never carries database internals to the web layer:
 /// the message is for logs, the web maps every variant to one generic error.
 #[derive(Debug, thiserror::Error)]
@@ -283,6 +351,15 @@ pub trait ReadModel: Send + Sync + 'static {
     /// One interval in full, or `None` if it was not cleared.
     fn interval_detail(&self, _interval_start: u64) -> ReadFuture<'_, Option<IntervalDetailRow>> {
         Box::pin(async { Ok(None) })
+    }
+    /// Rejects of authenticated senders, by household, meter and reason.
+    fn meter_rejects(&self) -> Vec<MeterRejectRow> {
+        Vec::new()
+    }
+    /// The auction parameters: configured and every audited change.
+    /// `None` when the source has none to show.
+    fn auction_params(&self) -> Option<ParamsRow> {
+        None
     }
     /// Re-verifies an interval from the stored signed evidence: recomputes
     /// the orders root, re-runs the auction, checks the engine's signatures

@@ -4,8 +4,9 @@
 use crate::metrics::Counters;
 use crate::read::{
     BillRow, BookOrderRow, DeviceRow, HouseholdOrderRow, HouseholdReadingRow, IntervalDetailRow,
-    IntervalRow, LiveRow, OrderBookRow, ReadError, ReadFuture, ReadModel, SettlementDetailRow,
-    SettlementRow, TradeRow, TransferRow, VerifyCheck, VerifyReport,
+    IntervalRow, LiveRow, MeterRejectRow, OrderBookRow, ParamsRow, ReadError, ReadFuture,
+    ReadModel, SettlementDetailRow, SettlementRow, TradeRow, TransferRow, VerifyCheck,
+    VerifyReport,
 };
 use ed25519_dalek::VerifyingKey;
 use protocol::{
@@ -61,15 +62,23 @@ pub struct EngineReadModel {
     pool: SqlitePool,
     counters: Arc<Counters>,
     live: Arc<LiveBoard>,
+    params: Option<crate::params::ParamsCell>,
 }
 
 impl EngineReadModel {
+    /// Shows the engine's auction parameters (configured and changed).
+    pub fn with_params(mut self, params: crate::params::ParamsCell) -> EngineReadModel {
+        self.params = Some(params);
+        self
+    }
+
     /// A read model over the engine's store and memory.
     pub fn new(pool: SqlitePool, counters: Arc<Counters>, live: Arc<LiveBoard>) -> EngineReadModel {
         EngineReadModel {
             pool,
             counters,
             live,
+            params: None,
         }
     }
 }
@@ -144,6 +153,23 @@ impl ReadModel for EngineReadModel {
 
     fn rejects(&self) -> Vec<(String, u64)> {
         self.counters.rejects()
+    }
+
+    fn meter_rejects(&self) -> Vec<MeterRejectRow> {
+        self.counters
+            .sender_rejects()
+            .into_iter()
+            .map(|(household, meter, reason, count)| MeterRejectRow {
+                household,
+                meter: (!meter.is_empty()).then_some(meter),
+                reason,
+                count,
+            })
+            .collect()
+    }
+
+    fn auction_params(&self) -> Option<ParamsRow> {
+        self.params.as_ref().map(|p| ParamsRow::from(&*p.get()))
     }
 
     fn order_book(&self) -> ReadFuture<'_, Option<OrderBookRow>> {
@@ -483,6 +509,7 @@ impl ReadModel for EngineReadModel {
     fn verify_interval(&self, interval_start: u64) -> ReadFuture<'_, Option<VerifyReport>> {
         Box::pin(async move { verify(&self.pool, interval_start).await })
     }
+
 }
 
 type TradeTuple = (i64, i64, String, String, i64, i64, i64);

@@ -279,6 +279,7 @@ pub async fn run_demo_on(
 
     let mut state = web::AppState::new(engine.read_model(), grid.to_string(), interval_ms);
     state.clock = clock.clone();
+    state.operator = Some(engine.operator());
     let names: Vec<String> = (1..=opts.households).map(|i| format!("h{i:02}")).collect();
     let state = crate::web_cli::attach_dashboard(state, &opts.data_dir, &names)
         .await

@@ -18,6 +18,7 @@ use axum::{
     body::Body,
     http::{Method, Request, StatusCode, header},
 };
+use clearing::operator::{EnrolmentSummary, OpFuture, Operator, OperatorError};
 use clearing::read::*;
 use futures::StreamExt;
 use protocol::{HouseholdId, ManualClock, MeterId, UnixMs, Watts};
@@ -221,6 +222,49 @@ impl ReadModel for TwoHouses {
             }))
         })
     }
+    fn meter_rejects(&self) -> Vec<MeterRejectRow> {
+        [A, B]
+            .iter()
+            .flat_map(|h| {
+                [
+                    MeterRejectRow {
+                        household: (*h).into(),
+                        meter: Some(format!("{h}-main")),
+                        reason: "timestamp".into(),
+                        count: 2,
+                    },
+                    MeterRejectRow {
+                        household: (*h).into(),
+                        meter: None,
+                        reason: "gate_closed".into(),
+                        count: 1,
+                    },
+                ]
+            })
+            .collect()
+    }
+    fn auction_params(&self) -> Option<ParamsRow> {
+        let set = |fee| ParamSetRow {
+            mechanism: "uniform".into(),
+            price_rule: "midpoint".into(),
+            feed_in_tariff: 80_000,
+            retail_tariff: 320_000,
+            grid_fee: fee,
+            capacity_wh: None,
+            gate_lead_ms: 0,
+        };
+        Some(ParamsRow {
+            configured: set(0),
+            changes: vec![ParamChangeRow {
+                id: 1,
+                effective_from: START,
+                old: set(0),
+                new: set(10_000),
+                changed_by: "op".into(),
+                changed_at: START - QUARTER,
+            }],
+        })
+    }
     fn verify_interval(&self, interval_start: u64) -> ReadFuture<'_, Option<VerifyReport>> {
         Box::pin(async move {
             Ok((interval_start == START).then(|| VerifyReport {
@@ -269,6 +313,10 @@ async fn fixture(public_aggregates: bool) -> Fixture {
         .expect("operator");
     let mut state = AppState::new(Arc::new(TwoHouses), "elm", QUARTER);
     state.clock = Arc::new(ManualClock::new(UnixMs(NOW)));
+    state.operator = Some(Arc::new(FakeOperator {
+        grid: protocol::GridId::new("elm").expect("grid"),
+        enrolled: Default::default(),
+    }));
     let state = state
         .with_accounts(
             store.clone(),
@@ -289,6 +337,64 @@ async fn fixture(public_aggregates: bool) -> Fixture {
     }
 }
 
+/// An operator over nothing but the real request verification: approving
+/// checks the signed request again and remembers the household.
+struct FakeOperator {
+    grid: protocol::GridId,
+    enrolled: std::sync::Mutex<Vec<String>>,
+}
+
+impl Operator for FakeOperator {
+    fn check_enrolment(&self, file: &str) -> Result<EnrolmentSummary, OperatorError> {
+        Ok(clearing::enrol::verify_request(file, Some(&self.grid))?.into())
+    }
+    fn approve_enrolment<'a>(&'a self, file: &'a str) -> OpFuture<'a, EnrolmentSummary> {
+        Box::pin(async move {
+            let s = self.check_enrolment(file)?;
+            let mut enrolled = self.enrolled.lock().unwrap_or_else(|p| p.into_inner());
+            if enrolled.contains(&s.key_id) {
+                return Err(OperatorError::Conflict(format!(
+                    "key {} is already enrolled",
+                    s.key_id
+                )));
+            }
+            enrolled.push(s.key_id.clone());
+            Ok(s)
+        })
+    }
+    fn change_params<'a>(
+        &'a self,
+        update: ParamSetRow,
+        by: &'a str,
+    ) -> OpFuture<'a, ParamChangeRow> {
+        Box::pin(async move {
+            update.validate(QUARTER)?;
+            Ok(ParamChangeRow {
+                id: 2,
+                effective_from: START + QUARTER,
+                old: update.clone(),
+                new: update,
+                changed_by: by.to_owned(),
+                changed_at: NOW,
+            })
+        })
+    }
+}
+
+/// A signed enrolment request file of `household` with a fresh key.
+fn request_file(household: &str, meter: &str) -> String {
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rng());
+    let req = clearing::enrol::EnrolmentRequest {
+        grid: protocol::GridId::new("elm").expect("grid"),
+        household: HouseholdId::new(household).expect("id"),
+        public_key: hex::encode(key.verifying_key().as_bytes()),
+        meters: vec![MeterId::new(meter).expect("id")],
+        settlement_address: None,
+        ts: UnixMs(NOW),
+    };
+    clearing::enrol::make_request(&key, &req).expect("request")
+}
+
 /// The concrete path of a route for a viewer.
 async fn concrete(spec: &RouteSpec, who: Who, f: &Fixture) -> String {
     let household = if who == Who::AasksA { A } else { B };
@@ -300,7 +406,13 @@ async fn concrete(spec: &RouteSpec, who: Who, f: &Fixture) -> String {
         // A fresh pending request for every decision.
         let id = f
             .store
-            .request_enrolment(B, &"cd".repeat(32), &["hbobby-2".to_owned()], "bob")
+            .request_enrolment(
+                B,
+                &"cd".repeat(32),
+                &["hbobby-2".to_owned()],
+                "bob",
+                &request_file(B, "hbobby-2"),
+            )
             .await
             .expect("enrolment");
         path = path.replace("{id}", &id.to_string());
@@ -308,22 +420,21 @@ async fn concrete(spec: &RouteSpec, who: Who, f: &Fixture) -> String {
     path
 }
 
-fn body_for(spec: &RouteSpec, who: Who) -> Option<String> {
+fn body_for(spec: &RouteSpec) -> Option<String> {
     match spec.path {
         "/api/login" => Some(format!(
             "{{\"username\":\"alice\",\"password\":\"{PASSWORD}\"}}"
         )),
-        "/api/enrolments" if spec.method == Method::POST => Some(if who == Who::Operator {
-            format!(
-                "{{\"public_key\":\"{}\",\"meters\":[\"m-2\"],\"household\":\"{A}\"}}",
-                "ef".repeat(32)
-            )
-        } else {
-            format!(
-                "{{\"public_key\":\"{}\",\"meters\":[\"m-2\"]}}",
-                "ef".repeat(32)
-            )
-        }),
+        // A's signed request (a household files only for itself).
+        "/api/enrolments" if spec.method == Method::POST => Some(request_file(A, "halice-2")),
+        "/api/params" => Some(
+            serde_json::json!({
+                "mechanism": "mcafee", "price_rule": "midpoint", "feed_in_tariff": 80_000,
+                "retail_tariff": 320_000, "grid_fee": 5_000, "capacity_wh": null,
+                "gate_lead_ms": 0
+            })
+            .to_string(),
+        ),
         "/api/settings" if spec.method == Method::POST => {
             Some("{\"public_aggregates\":true,\"explorer_tx_url\":null}".into())
         }
@@ -378,7 +489,7 @@ async fn call(spec: &RouteSpec, who: Who, f: &Fixture, csrf: bool) -> (StatusCod
     if csrf && spec.method != Method::GET {
         req = req.header("x-csrf-token", &csrf_token);
     }
-    let body = body_for(spec, who);
+    let body = body_for(spec);
     if body.is_some() {
         req = req.header(header::CONTENT_TYPE, "application/json");
     }

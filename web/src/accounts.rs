@@ -430,28 +430,43 @@ impl AccountStore {
         }
     }
 
-    /// Files an enrolment request.
+    /// Files an enrolment request: the signed request file and what was
+    /// read from it after checking its signature.
     pub async fn request_enrolment(
         &self,
         household: &str,
         public_key: &str,
         meters: &[String],
         requested_by: &str,
+        request: &str,
     ) -> Result<i64, AccountError> {
         let meters =
             serde_json::to_string(meters).map_err(|e| AccountError::Invalid(e.to_string()))?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO enrolment_requests (household, public_key, meters, requested_by, status, created_at) \
-             VALUES (?, ?, ?, ?, 'pending', ?) RETURNING id",
+            "INSERT INTO enrolment_requests (household, public_key, meters, requested_by, status, created_at, request) \
+             VALUES (?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
         )
         .bind(household)
         .bind(public_key)
         .bind(meters)
         .bind(requested_by)
         .bind(self.now())
+        .bind(request)
         .fetch_one(&self.pool)
         .await?;
         Ok(id)
+    }
+
+    /// The signed request file of a pending request: `None` if there is no
+    /// pending request with that id, `Some(None)` if it has no file.
+    pub async fn pending_request(&self, id: i64) -> Result<Option<Option<String>>, AccountError> {
+        let row: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT request FROM enrolment_requests WHERE id = ? AND status = 'pending'",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row)
     }
 
     /// Enrolment requests, newest first.

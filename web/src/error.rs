@@ -49,6 +49,21 @@ pub enum AppError {
     /// The account store failed. The source is logged, not returned.
     #[error("account store failed: {0}")]
     Accounts(#[from] crate::accounts::AccountError),
+    /// The engine's storage failed during an operator action. Logged, not
+    /// returned.
+    #[error("engine storage failed: {0}")]
+    Engine(String),
+}
+
+impl From<clearing::operator::OperatorError> for AppError {
+    fn from(e: clearing::operator::OperatorError) -> Self {
+        use clearing::operator::OperatorError as E;
+        match e {
+            E::Invalid { .. } => AppError::BadRequest(e.to_string()),
+            E::Conflict(m) => AppError::Conflict(m),
+            E::Storage(m) => AppError::Engine(m),
+        }
+    }
 }
 
 /// The JSON body of every error (documentation of the format).
@@ -83,7 +98,9 @@ impl AppError {
             AppError::Unauthorized | AppError::BadCredentials => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) | AppError::Csrf => StatusCode::FORBIDDEN,
             AppError::Conflict(_) => StatusCode::CONFLICT,
-            AppError::Read(_) | AppError::Accounts(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::Read(_) | AppError::Accounts(_) | AppError::Engine(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -98,7 +115,7 @@ impl AppError {
             AppError::Forbidden(_) => "forbidden",
             AppError::Csrf => "csrf",
             AppError::Conflict(_) => "conflict",
-            AppError::Read(_) | AppError::Accounts(_) => "internal",
+            AppError::Read(_) | AppError::Accounts(_) | AppError::Engine(_) => "internal",
         }
     }
 
@@ -106,7 +123,7 @@ impl AppError {
     /// for server errors.
     fn public_message(&self) -> String {
         match self {
-            AppError::Read(_) | AppError::Accounts(_) => {
+            AppError::Read(_) | AppError::Accounts(_) | AppError::Engine(_) => {
                 "internal error; the details are in the server log".to_owned()
             }
             other => other.to_string(),
@@ -121,6 +138,7 @@ impl IntoResponse for AppError {
         let detail = match &self {
             AppError::Read(source) => Some(source.to_string()),
             AppError::Accounts(source) => Some(source.to_string()),
+            AppError::Engine(source) => Some(source.clone()),
             _ => None,
         };
         if let Some(detail) = detail {

@@ -4,10 +4,11 @@
 //! server-sent-events stream of live power, and accounts with roles.
 //!
 //! Architecture invariants:
-//! - The web crate only reads. Everything it shows comes through
-//!   [`clearing::read::ReadModel`], held as `Arc<dyn ReadModel>` in
-//!   [`AppState`], so the router is tested with a fake read model and no
-//!   database or socket.
+//! - Everything it shows comes through [`clearing::read::ReadModel`], held
+//!   as `Arc<dyn ReadModel>` in [`AppState`]; the operator's few writes
+//!   (approving an enrolment into the engine, changing the auction
+//!   parameters) go through [`clearing::operator::Operator`], held the same
+//!   way. So the router is tested with fakes and no database or socket.
 //! - It never reads a clock directly: "now" comes from the
 //!   [`protocol::Clock`] in the state, and the stream's cadence from
 //!   `tokio::time::interval`.
@@ -32,6 +33,7 @@ mod error;
 pub mod market;
 pub mod mine;
 pub mod openapi;
+pub mod params;
 pub mod routes;
 mod state;
 mod stream;

@@ -320,14 +320,30 @@ pub struct DeviceView {
     /// runs faster: its age is divided by the clock's speed).
     pub last_reading_age_ms: Option<u64>,
     pub last_status: Option<String>,
+    /// Signed readings of this meter the engine refused since it started,
+    /// by reason (e.g. `stale_sequence`, `timestamp`).
+    pub rejects: BTreeMap<String, u64>,
+    /// Their total.
+    pub rejected: u64,
+}
+
+/// A household's refused orders, by reason.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrderRejects {
+    pub household: String,
+    pub rejects: BTreeMap<String, u64>,
 }
 
 /// `GET /api/devices`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Devices {
     pub devices: Vec<DeviceView>,
-    /// Messages the engine rejected, by reason (engine-wide: the engine
-    /// counts rejects per reason, not per meter).
+    /// Signed orders the engine refused, per household (a household sees
+    /// only its own).
+    pub order_rejects: Vec<OrderRejects>,
+    /// Every message the engine rejected, by reason, engine-wide
+    /// (including messages from unknown or forged keys, which belong to no
+    /// household).
     pub rejects: BTreeMap<String, u64>,
     pub online_window_ms: u64,
 }
@@ -344,6 +360,19 @@ pub(crate) async fn devices(
     let speed = state.clock.speed().max(1);
     let window = state.online_window_ms();
     let rows = state.read.devices().await?;
+    let mut per_meter: BTreeMap<(String, String), BTreeMap<String, u64>> = BTreeMap::new();
+    let mut per_order: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for r in state.read.meter_rejects() {
+        if !viewer.may_see(&r.household) {
+            continue;
+        }
+        let by_reason = match r.meter {
+            Some(m) => per_meter.entry((r.household, m)).or_default(),
+            None => per_order.entry(r.household).or_default(),
+        };
+        let c = by_reason.entry(r.reason).or_default();
+        *c = c.saturating_add(r.count);
+    }
     let devices = rows
         .into_iter()
         .filter(|d| viewer.may_see(&d.household))
@@ -355,7 +384,12 @@ pub(crate) async fn devices(
                 (_, Some(a)) if a > window => "stale",
                 _ => "ok",
             };
+            let rejects = per_meter
+                .remove(&(d.household.clone(), d.meter.clone()))
+                .unwrap_or_default();
             DeviceView {
+                rejected: rejects.values().fold(0u64, |a, n| a.saturating_add(*n)),
+                rejects,
                 health: health.to_owned(),
                 last_reading_age_ms: age.map(|a| a / speed),
                 meter: d.meter,
@@ -371,36 +405,36 @@ pub(crate) async fn devices(
         let c: &mut u64 = rejects.entry(reason).or_default();
         *c = c.saturating_add(n);
     }
+    let order_rejects = per_order
+        .into_iter()
+        .map(|(household, rejects)| OrderRejects { household, rejects })
+        .collect();
     Ok(Json(Devices {
         devices,
+        order_rejects,
         rejects,
         online_window_ms: window,
     }))
 }
 
-/// `POST /api/enrolments` body: a new gateway key and its meters for the
-/// requesting household.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// `POST /api/enrolments` body: the household's signed enrolment request,
+/// exactly the file `voltshare enroll` writes (`{"envelope": hex}`).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct EnrolmentBody {
-    /// Hex ed25519 public key (64 hex digits).
-    pub public_key: String,
-    pub meters: Vec<String>,
-    /// Only the operator may name a household; a household account files
-    /// for its own.
-    pub household: Option<String>,
+    /// The signed envelope, hex: grid, household, public key, meters and
+    /// settlement address, signed by the key it enrols.
+    pub envelope: String,
 }
 
 /// `POST /api/enrolments` answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Created {
     pub id: i64,
-}
-
-fn valid_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    /// The household the request is for (read from the signed request).
+    pub household: String,
+    /// Id of the key it enrols.
+    pub key_id: String,
 }
 
 fn store(state: &AppState) -> Result<&crate::accounts::AccountStore, AppError> {
@@ -409,11 +443,23 @@ fn store(state: &AppState) -> Result<&crate::accounts::AccountStore, AppError> {
     ))
 }
 
-/// `POST /api/enrolments`: asks the operator to enrol a gateway key.
+fn operator(state: &AppState) -> Result<&dyn clearing::operator::Operator, AppError> {
+    state.operator.as_deref().ok_or(AppError::Conflict(
+        "this dashboard is not attached to a clearing engine it may change".into(),
+    ))
+}
+
+/// Largest request file accepted (a request is a few hundred bytes).
+const MAX_REQUEST_HEX: usize = 16 * 1024;
+
+/// `POST /api/enrolments`: files a signed enrolment request for the
+/// operator. The signature is checked now (a tampered request is refused
+/// here) and again when the operator approves it.
 #[utoipa::path(post, path = "/api/enrolments", tag = "enrolments", request_body = EnrolmentBody,
     params(("X-CSRF-Token" = String, Header)),
     responses((status = 201, body = Created), (status = 400, body = crate::error::ErrorBody),
-        (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+        (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
 pub(crate) async fn request_enrolment(
     State(state): State<AppState>,
     Extension(viewer): Extension<Viewer>,
@@ -421,31 +467,18 @@ pub(crate) async fn request_enrolment(
 ) -> Result<(StatusCode, Json<Created>), AppError> {
     let Json(b) = body.map_err(|_| {
         AppError::BadRequest(
-            "expected {\"public_key\": hex, \"meters\": [ids], \"household\"?: id}".into(),
+            "expected the request file of `voltshare enroll`: {\"envelope\": hex}".into(),
         )
     })?;
-    let household = match (viewer.household(), b.household.as_deref()) {
-        (Some(own), None) => own.to_owned(),
-        (Some(own), Some(h)) if h == own => own.to_owned(),
-        (Some(_), Some(_)) => return Err(AppError::Forbidden("a household enrols only itself")),
-        (None, Some(h)) if viewer.is_operator() => h.to_owned(),
-        _ => {
-            return Err(AppError::BadRequest(
-                "`household` is required for the operator".into(),
-            ));
-        }
-    };
-    let key_ok = b.public_key.len() == 64 && b.public_key.bytes().all(|c| c.is_ascii_hexdigit());
-    if !valid_id(&household)
-        || !key_ok
-        || b.meters.is_empty()
-        || b.meters.len() > 16
-        || !b.meters.iter().all(|m| valid_id(m))
-    {
-        return Err(AppError::BadRequest(
-            "need a 64-hex-digit public key and 1 to 16 meter ids (letters, digits, '-', '_', '.')"
-                .into(),
-        ));
+    if b.envelope.len() > MAX_REQUEST_HEX {
+        return Err(AppError::BadRequest(format!(
+            "`envelope` is longer than {MAX_REQUEST_HEX} hex digits"
+        )));
+    }
+    let file = serde_json::to_string(&b).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    let summary = operator(&state)?.check_enrolment(&file)?;
+    if !viewer.is_operator() && viewer.household() != Some(summary.household.as_str()) {
+        return Err(AppError::Forbidden("a household enrols only itself"));
     }
     let by = viewer
         .account
@@ -454,13 +487,21 @@ pub(crate) async fn request_enrolment(
         .unwrap_or_default();
     let id = store(&state)?
         .request_enrolment(
-            &household,
-            &b.public_key.to_ascii_lowercase(),
-            &b.meters,
+            &summary.household,
+            &summary.public_key,
+            &summary.meters,
             &by,
+            &file,
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(Created { id })))
+    Ok((
+        StatusCode::CREATED,
+        Json(Created {
+            id,
+            household: summary.household,
+            key_id: summary.key_id,
+        }),
+    ))
 }
 
 /// `GET /api/enrolments`: every request, newest first (operator).
@@ -487,7 +528,23 @@ async fn decide(
         .as_ref()
         .map(|a| a.username.clone())
         .unwrap_or_default();
-    if store(state)?.decide_enrolment(id, approve, &by).await? {
+    let store = store(state)?;
+    if approve {
+        let file = match store.pending_request(id).await? {
+            None => return Err(AppError::NotFound),
+            Some(None) => {
+                return Err(AppError::Conflict(format!(
+                    "enrolment request {id} has no signed request; ask the household to file it again"
+                )));
+            }
+            Some(Some(file)) => file,
+        };
+        // Into the engine first: only a request the engine took is marked
+        // approved here.
+        let summary = operator(state)?.approve_enrolment(&file).await?;
+        tracing::info!(id, household = %summary.household, key = %summary.key_id, by = %by, "enrolment approved in the engine");
+    }
+    if store.decide_enrolment(id, approve, &by).await? {
         tracing::info!(id, approve, by = %by, "enrolment decided");
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -498,9 +555,11 @@ async fn decide(
 /// `POST /api/enrolments/{id}/approve` (operator).
 #[utoipa::path(post, path = "/api/enrolments/{id}/approve", tag = "enrolments",
     params(("id" = i64, Path), ("X-CSRF-Token" = String, Header)),
-    responses((status = 204, description = "Approved"), (status = 400, body = crate::error::ErrorBody),
+    responses((status = 204, description = "Approved: the household is enrolled in the engine"),
+        (status = 400, description = "The signed request does not verify", body = crate::error::ErrorBody),
         (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
-        (status = 404, description = "No pending request with that id", body = crate::error::ErrorBody)))]
+        (status = 404, description = "No pending request with that id", body = crate::error::ErrorBody),
+        (status = 409, description = "The engine refuses it (household or meter already enrolled)", body = crate::error::ErrorBody)))]
 pub(crate) async fn approve_enrolment(
     State(state): State<AppState>,
     Extension(viewer): Extension<Viewer>,

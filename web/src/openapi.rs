@@ -3,7 +3,7 @@
 //! `/api/openapi.json`. A test checks that every API route of
 //! [`crate::routes::ROUTES`] is documented, so the two lists cannot drift.
 
-use crate::{accounts, api, auth, error, market, mine, state, stream, summary};
+use crate::{accounts, api, auth, error, market, mine, params, state, stream, summary};
 use axum::{
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
@@ -47,6 +47,9 @@ use utoipa::OpenApi;
         mine::reject_enrolment,
         mine::get_settings,
         mine::put_settings,
+        params::market_params,
+        params::changes,
+        params::change,
     ),
     components(schemas(
         error::ErrorBody,

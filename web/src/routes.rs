@@ -25,7 +25,7 @@
 //! besides.
 
 use crate::accounts::{Account, Role};
-use crate::{AppError, AppState, api, assets, auth, market, mine, openapi, stream};
+use crate::{AppError, AppState, api, assets, auth, market, mine, openapi, params, stream};
 use axum::{
     Router,
     extract::{FromRequestParts, RawPathParams, Request, State},
@@ -99,6 +99,14 @@ pub static ROUTES: &[RouteSpec] = &[
     ),
     route!(GET, "/api/settlements", Aggregate, get(api::settlements)),
     route!(GET, "/api/market/book", Aggregate, get(market::order_book)),
+    route!(
+        GET,
+        "/api/market/params",
+        Aggregate,
+        get(params::market_params)
+    ),
+    route!(GET, "/api/params/changes", Operator, get(params::changes)),
+    route!(POST, "/api/params", Operator, post(params::change)),
     route!(GET, "/api/rejects", Aggregate, get(api::rejects)),
     route!(GET, "/api/stream", Aggregate, get(stream::stream)),
     route!(GET, "/api/settings", Public, get(mine::get_settings)),

@@ -4,6 +4,7 @@
 
 use crate::accounts::{AccountError, AccountStore};
 use crate::summary::BookSummary;
+use clearing::operator::Operator;
 use clearing::read::{ReadError, ReadModel};
 use protocol::{Clock, SystemClock};
 use serde::{Deserialize, Serialize};
@@ -98,6 +99,10 @@ pub struct AppState {
     pub online_window: Duration,
     /// Accounts and sessions; `None` disables logins (public view only).
     pub accounts: Option<AccountStore>,
+    /// The operator's write access to the engine (enrolment approval,
+    /// auction parameters); `None` when the dashboard runs without an
+    /// engine it may change, and those actions answer 409.
+    pub operator: Option<Arc<dyn Operator>>,
     /// Mark cookies `Secure`: set when the dashboard is served over TLS
     /// (directly or behind a proxy). Requests that arrive with
     /// `X-Forwarded-Proto: https` get `Secure` cookies regardless.
@@ -120,6 +125,7 @@ impl AppState {
             gate_lead_ms: 0,
             online_window: DEFAULT_ONLINE_WINDOW,
             accounts: None,
+            operator: None,
             secure_cookies: false,
             settings: Arc::new(RwLock::new(Settings::default())),
             book_cache: Arc::new(BookCache::default()),
