@@ -241,7 +241,9 @@ pub enum BenchCommand {
 pub struct IngestArgs {
     #[arg(long, default_value_t = 100_000)]
     pub readings: usize,
-    /// The MQTT broker, mqtt://HOST:PORT; `embedded` starts rumqttd in-process.
+    /// The MQTT broker, mqtt://HOST:PORT; `embedded` starts rumqttd
+    /// in-process; `mosquitto` starts a private Mosquitto on a free loopback
+    /// port with its per-client queue raised (see `ingest_bench`).
     #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
     pub broker: String,
     /// Simulated meters (one household each).
@@ -261,9 +263,17 @@ pub struct IngestArgs {
 
 /// Runs `voltshare bench ingest`.
 pub fn bench_ingest(a: IngestArgs) -> Result<(), CliError> {
+    // Kept until the run is over: dropping it stops the private broker.
+    let mut _private = None;
     let broker = if a.broker == "embedded" {
         let addr = crate::broker::start_embedded().map_err(|e| CliError::Runtime(e.into()))?;
         (addr.ip().to_string(), addr.port())
+    } else if a.broker == "mosquitto" {
+        let m = crate::ingest_bench::PrivateMosquitto::start()
+            .map_err(|e| CliError::Runtime(e.into()))?;
+        let b = ("127.0.0.1".to_owned(), m.port);
+        _private = Some(m);
+        b
     } else {
         parse_broker(&a.broker)?
     };

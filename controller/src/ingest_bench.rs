@@ -70,6 +70,116 @@ struct Meter {
     key: SigningKey,
 }
 
+/// A private Mosquitto for the benchmark (`--broker mosquitto`): loopback
+/// only, anonymous, no persistence, on a free port, with the per-client
+/// queue raised. Not a deployment configuration (that is
+/// `deploy/mosquitto/voltshare.conf`, TLS only).
+///
+/// Why the queue: Mosquitto 2.0 keeps at most `max_inflight_messages` (20)
+/// unacknowledged QoS 1 messages on the way to a subscriber and queues at
+/// most `max_queued_messages` (1 000) more; beyond that it *drops* QoS 1
+/// messages for that subscriber ("Outgoing messages are being dropped for
+/// client …" in its log), online or not. A subscriber that stops reading for
+/// a moment (the engine while its intake queue is full) hits that bound as
+/// soon as the publishers are further ahead. The product does not rely on
+/// the broker here (an agent's outbox republishes whatever was not
+/// acknowledged), but a benchmark that measures the rate of what arrives must
+/// not count losses, so its broker keeps what it is given.
+pub struct PrivateMosquitto {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    pub port: u16,
+}
+
+impl PrivateMosquitto {
+    /// Queue bound of the private broker (per client, beyond the in-flight
+    /// window).
+    pub const MAX_QUEUED: u32 = 1_000_000;
+    /// In-flight window of the private broker (per client).
+    pub const MAX_INFLIGHT: u32 = 1_000;
+
+    /// Starts the benchmark's broker ([`Self::MAX_INFLIGHT`],
+    /// [`Self::MAX_QUEUED`]).
+    pub fn start() -> Result<PrivateMosquitto, IngestBenchError> {
+        Self::start_with(Self::MAX_INFLIGHT, Self::MAX_QUEUED)
+    }
+
+    /// What the broker logged so far (drops show up here).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Starts `mosquitto -c CONF` with the given per-client limits and waits
+    /// until it accepts connections.
+    pub fn start_with(
+        max_inflight: u32,
+        max_queued: u32,
+    ) -> Result<PrivateMosquitto, IngestBenchError> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())?
+            .port();
+        let tag: u32 = rand::rng().random();
+        let dir = std::env::temp_dir().join(format!("voltshare-bench-mosquitto-{tag:08x}"));
+        std::fs::create_dir_all(&dir)?;
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "# voltshare bench ingest: a private broker, loopback only\n\
+                 listener {port} 127.0.0.1\n\
+                 allow_anonymous true\n\
+                 persistence false\n\
+                 max_inflight_messages {}\n\
+                 max_queued_messages {}\n\
+                 log_dest stderr\n",
+                max_inflight, max_queued,
+            ),
+        )?;
+        let bin = [
+            "/usr/sbin/mosquitto",
+            "/usr/bin/mosquitto",
+            "/usr/local/sbin/mosquitto",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("mosquitto");
+        // The log goes to stderr, into a file we own: started as root,
+        // Mosquitto drops to its own user and could not open one here.
+        let log = std::fs::File::create(dir.join("mosquitto.log"))?;
+        let child = std::process::Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| IngestBenchError::Broker(format!("cannot start {bin}: {e}")))?;
+        let mut me = PrivateMosquitto { child, dir, port };
+        for _ in 0..250 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(me);
+            }
+            if let Ok(Some(status)) = me.child.try_wait() {
+                return Err(IngestBenchError::Broker(format!(
+                    "private mosquitto exited with {status}; see {}",
+                    me.dir.join("mosquitto.log").display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(IngestBenchError::Broker(format!(
+            "private mosquitto did not listen on 127.0.0.1:{port} within 5 s"
+        )))
+    }
+}
+
+impl Drop for PrivateMosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Runs both measurements and returns the report.
 pub async fn run(o: &IngestOptions) -> Result<serde_json::Value, IngestBenchError> {
     let tag: u32 = rand::rng().random();
@@ -113,7 +223,7 @@ pub async fn run(o: &IngestOptions) -> Result<serde_json::Value, IngestBenchErro
     std::fs::create_dir_all(&dir)?;
     let result = engine_rate(o, &grid, &meters, &signed, &dir).await;
     let _ = std::fs::remove_dir_all(&dir);
-    let (engine_ms, stored) = result?;
+    let (engine_ms, stored, engine_counts) = result?;
 
     let per_sec = rate(o.readings, engine_ms);
     let raw_per_sec = rate(o.readings, raw);
@@ -131,6 +241,7 @@ pub async fn run(o: &IngestOptions) -> Result<serde_json::Value, IngestBenchErro
         "broker_qos1_millis": u64::try_from(raw.as_millis()).unwrap_or(u64::MAX),
         "broker_qos1_per_sec": raw_per_sec,
         "ratio_permille": per_sec.saturating_mul(1000).checked_div(raw_per_sec).unwrap_or(0),
+        "engine": engine_counts,
     }))
 }
 
@@ -370,7 +481,7 @@ async fn engine_rate(
     meters: &[Meter],
     signed: &[(usize, Arc<Vec<u8>>)],
     dir: &std::path::Path,
-) -> Result<(Duration, u64), IngestBenchError> {
+) -> Result<(Duration, u64, serde_json::Value), IngestBenchError> {
     let mut cfg = EngineConfig::new(grid.clone(), dir.join("engine.db"));
     cfg.broker_host = o.broker.0.clone();
     cfg.broker_port = o.broker.1;
@@ -415,6 +526,14 @@ async fn engine_rate(
     if !rejects.is_empty() {
         tracing::warn!(?rejects, "readings were refused during the benchmark");
     }
+    // How the engine cut the work: batches (so readings per batch) and
+    // signed acks (so readings per ack).
+    let counts = serde_json::json!({
+        "batches": counters.batches.load(Ordering::Relaxed),
+        "acks_sent": counters.acks_sent.load(Ordering::Relaxed),
+        "acks_dropped": counters.acks_dropped.load(Ordering::Relaxed),
+        "duplicates": counters.duplicates.load(Ordering::Relaxed),
+    });
     let _ = engine.shutdown().await;
-    Ok((result?, stored))
+    Ok((result?, stored, counts))
 }
