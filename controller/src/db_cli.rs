@@ -99,6 +99,12 @@ pub async fn backup(db: &Path, to: &Path) -> anyhow::Result<usize> {
         .await
         .with_context(|| format!("VACUUM INTO {}", tmp.display()))?;
     drop(conn);
+    // The copy holds what the database holds: readable by its owner only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 0600 {}", tmp.display()))?;
+    }
 
     let mut copy = SqliteConnectOptions::from_str(tmp_s)
         .with_context(|| format!("{}", tmp.display()))?
@@ -170,6 +176,11 @@ mod tests {
         let written = writer.await?;
         assert_eq!(written, 5_000, "the writer was not blocked out");
         assert_eq!(tables, 1);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&to)?.permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "the copy is private");
+        }
         let mut c = SqliteConnectOptions::from_str(to.to_str().context("utf-8")?)?
             .read_only(true)
             .connect()
