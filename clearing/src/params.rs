@@ -30,6 +30,10 @@ use std::sync::{Arc, RwLock};
 pub const MAX_PRICE: u64 = 10_000_000;
 /// Largest feeder capacity accepted per interval, Wh (1 GWh).
 pub const MAX_CAPACITY_WH: u64 = 1_000_000_000;
+/// Longest gate lead an operator may set at run time, in intervals. A
+/// longer lead would close many open intervals at once (they clear empty),
+/// and a later change back could only start after all of them.
+pub const MAX_LEAD_INTERVALS: u64 = 4;
 
 /// One complete set of operator-changeable parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,13 +147,11 @@ impl ParamsUpdate {
                 format!("must be between 1 and {MAX_CAPACITY_WH} Wh, or null for no limit"),
             ));
         }
-        if self.gate_lead_ms >= interval_ms.saturating_mul(96) {
+        let max_lead = interval_ms.saturating_mul(MAX_LEAD_INTERVALS);
+        if self.gate_lead_ms > max_lead {
             return Err(bad(
                 "gate_lead_ms",
-                format!(
-                    "must be shorter than 96 intervals ({} ms)",
-                    interval_ms.saturating_mul(96)
-                ),
+                format!("must be at most {MAX_LEAD_INTERVALS} intervals ({max_lead} ms)"),
             ));
         }
         Ok(ParamSet {
@@ -410,7 +412,7 @@ mod tests {
             (|u| u.retail_tariff = MAX_PRICE + 1, "retail_tariff"),
             (|u| u.grid_fee = MAX_PRICE + 1, "grid_fee"),
             (|u| u.capacity_wh = Some(0), "capacity_wh"),
-            (|u| u.gate_lead_ms = 96 * Q, "gate_lead_ms"),
+            (|u| u.gate_lead_ms = 4 * Q + 1, "gate_lead_ms"),
         ];
         for (change, field) in cases {
             let mut u = update();

@@ -535,8 +535,44 @@
     return el('span', 'status status-' + String(status).replace(/[^a-z]/g, ''), status);
   }
 
+  var MECHANISMS = { uniform: 'uniform price', pay_as_bid: 'pay as bid', mcafee: 'McAfee' };
+  function paramItems(p) {
+    return [
+      ['Mechanism', MECHANISMS[p.mechanism] || p.mechanism],
+      ['Price rule', p.mechanism === 'uniform' ? p.price_rule : '–'],
+      ['Price floor (feed-in)', fmtPrice(p.feed_in_tariff)],
+      ['Price ceiling (retail)', fmtPrice(p.retail_tariff)],
+      ['Grid fee', fmtPrice(p.grid_fee)],
+      ['Feeder capacity', p.capacity_wh === null ? 'no limit' : fmtEnergy(p.capacity_wh)],
+      ['Gate closes', p.gate_lead_ms === 0 ? 'at interval start' : fmtCount(p.gate_lead_ms / 1000) + ' s before']
+    ];
+  }
+  function paramSummary(p) {
+    return paramItems(p).filter(function (kvp) { return kvp[1] !== '–'; }).map(function (kvp) { return kvp[0].toLowerCase() + ' ' + kvp[1]; }).join(', ');
+  }
+  function loadMarketParams() {
+    return getJson('/api/market/params').then(function (mp) {
+      var dl = $('market-params');
+      var frag = document.createDocumentFragment();
+      paramItems(mp.in_force).forEach(function (kvp) {
+        var d = el('div');
+        d.appendChild(el('dt', null, kvp[0]));
+        d.appendChild(el('dd', null, kvp[1]));
+        frag.appendChild(d);
+      });
+      dl.replaceChildren(frag);
+      setText('mp-since', mp.in_force_since === null ? 'as configured' : 'since ' + fmtDateTime(mp.in_force_since));
+      setText('mp-scheduled', mp.scheduled.map(function (c) {
+        return 'From ' + fmtDateTime(c.effective_from) + ': ' + paramSummary(c.params) + '.';
+      }).join(' '));
+    }).catch(function (e) {
+      // An engine that shows no parameters (404) leaves the section empty.
+      if (e.status !== 404) throw e;
+    });
+  }
+
   function loadMarket() {
-    return Promise.all([getJson('/api/market/book'), getJson('/api/intervals?limit=' + CHART_INTERVALS)]).then(function (res) {
+    return Promise.all([getJson('/api/market/book'), getJson('/api/intervals?limit=' + CHART_INTERVALS), loadMarketParams()]).then(function (res) {
       var book = res[0], list = res[1];
       state.book = book;
       state.intervals = list;
@@ -672,15 +708,69 @@
     return getJson('/api/devices').then(function (d) {
       fillBody('devices', d.devices.map(function (m) {
         var h = el('td'); h.appendChild(el('span', 'status health-' + m.health, m.health));
-        return row([[null, m.meter], [null, m.household], h, ['num', fmtAge(m.last_reading_age_ms)], ['num hide-sm', m.last_seq === null ? '–' : String(m.last_seq)]]);
-      }), 'No meters you may see.', 5);
+        var rj = el('td', 'num' + (m.rejected > 0 ? ' import' : ''), fmtCount(m.rejected));
+        rj.title = Object.keys(m.rejects).map(function (k) { return k.replace(/_/g, ' ') + ': ' + m.rejects[k]; }).join(', ');
+        return row([[null, m.meter], [null, m.household], h, ['num', fmtAge(m.last_reading_age_ms)], rj, ['num hide-sm', m.last_seq === null ? '–' : String(m.last_seq)]]);
+      }), 'No meters you may see.', 6);
+      fillBody('order-rejects', d.order_rejects.map(function (o) {
+        var total = 0;
+        var why = Object.keys(o.rejects).map(function (k) { total += o.rejects[k]; return k.replace(/_/g, ' ') + ' ' + o.rejects[k]; }).join(', ');
+        return row([[null, o.household], [null, why], ['num', fmtCount(total)]]);
+      }), 'No orders rejected.', 3);
       var reasons = Object.keys(d.rejects);
       fillBody('rejects', reasons.map(function (k) { return row([[null, k.replace(/_/g, ' ')], ['num', fmtCount(d.rejects[k])]]); }), 'Nothing rejected.', 2);
     });
   }
 
+  var PARAM_FIELDS = ['mechanism', 'price_rule', 'feed_in_tariff', 'retail_tariff', 'grid_fee', 'capacity_wh', 'gate_lead_ms'];
+  function fillParamsForm(p) {
+    if ($('params-form').contains(document.activeElement)) return;
+    PARAM_FIELDS.forEach(function (f) { $('p-' + f).value = p[f] === null ? '' : String(p[f]); });
+  }
+  function loadParamsAdmin() {
+    return Promise.all([getJson('/api/market/params'), getJson('/api/params/changes')]).then(function (res) {
+      var mp = res[0];
+      // The form starts from the newest set: scheduled if any, else in force.
+      fillParamsForm(mp.scheduled.length ? mp.scheduled[mp.scheduled.length - 1].params : mp.in_force);
+      fillBody('param-changes', res[1].map(function (c) {
+        var what = PARAM_FIELDS.filter(function (f) { return c.old[f] !== c.new[f]; }).map(function (f) {
+          return f.replace(/_/g, ' ') + ' ' + (c.old[f] === null ? 'none' : c.old[f]) + ' → ' + (c.new[f] === null ? 'none' : c.new[f]);
+        }).join('; ');
+        return row([['hide-sm', fmtDateTime(c.changed_at)], [null, c.changed_by], [null, fmtDateTime(c.effective_from)], ['wrap', what || 'no change']]);
+      }), 'No changes.', 4);
+    }).catch(function (e) { if (e.status !== 404) throw e; });
+  }
+  function onParams(ev) {
+    ev.preventDefault();
+    var body = {};
+    PARAM_FIELDS.forEach(function (f) {
+      var v = $('p-' + f).value.trim();
+      if (f === 'mechanism' || f === 'price_rule') body[f] = v;
+      else if (f === 'capacity_wh' && v === '') body[f] = null;
+      else body[f] = Number(v);
+    });
+    setText('params-msg', 'applying…');
+    request('POST', '/api/params', body).then(function (c) {
+      setText('params-msg', 'applies from ' + fmtDateTime(c.effective_from));
+      document.activeElement.blur();
+      return loadParamsAdmin();
+    }).catch(function (e) { setText('params-msg', e.message); });
+  }
+
+  function onEnrol(ev) {
+    ev.preventDefault();
+    var file;
+    try { file = JSON.parse($('enrol-file').value); } catch (e) { setText('enrol-msg', 'not a request file: ' + e.message); return; }
+    setText('enrol-msg', 'checking…');
+    request('POST', '/api/enrolments', file).then(function (c) {
+      setText('enrol-msg', 'request ' + c.id + ' for ' + c.household + ' filed');
+      $('enrol-file').value = '';
+      return loadAdmin();
+    }).catch(function (e) { setText('enrol-msg', e.message); });
+  }
+
   function loadAdmin() {
-    return Promise.all([getJson('/api/settings'), getJson('/api/enrolments')]).then(function (res) {
+    return Promise.all([getJson('/api/settings'), getJson('/api/enrolments'), loadParamsAdmin()]).then(function (res) {
       var s = res[0];
       if (document.activeElement !== $('set-explorer')) {
         $('set-public').checked = !!s.public_aggregates;
@@ -692,6 +782,8 @@
           ['approve', 'reject'].forEach(function (what) {
             var b = el('button', 'btn btn-small', what);
             b.type = 'button';
+            b.setAttribute('data-action', what);
+            b.setAttribute('data-household', e.household);
             b.addEventListener('click', function () {
               request('POST', '/api/enrolments/' + e.id + '/' + what).then(loadAdmin).catch(function (err) { showError(err.message); });
             });
@@ -819,6 +911,8 @@
     $('login-form').addEventListener('submit', onLogin);
     $('logout-btn').addEventListener('click', onLogout);
     $('settings-form').addEventListener('submit', onSettings);
+    $('params-form').addEventListener('submit', onParams);
+    $('enrol-form').addEventListener('submit', onEnrol);
     $('verify-btn').addEventListener('click', verifyInterval);
     window.addEventListener('hashchange', route);
     window.addEventListener('resize', onResize);

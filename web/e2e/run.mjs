@@ -1,7 +1,8 @@
 // Browser test of the dashboard against a running demo: headless Debian
 // Chromium driven by playwright-core. Started by tests/tests/web_e2e.rs,
 // which passes the demo's address and accounts in the environment:
-//   BASE_URL, HOUSEHOLD, HOUSEHOLD_PASSWORD, OPERATOR_LINK, ARTIFACTS
+//   BASE_URL, HOUSEHOLD, HOUSEHOLD_PASSWORD, OPERATOR_LINK, ARTIFACTS,
+//   ENROL_REQUEST (a new household's signed request file), ENROL_HOUSEHOLD
 // Every step asserts; any console error or page error fails the run.
 // Screenshots of every page, desktop and 375 px wide, go to ARTIFACTS.
 import { chromium } from 'playwright-core';
@@ -15,6 +16,8 @@ const HOUSEHOLD = env('HOUSEHOLD');
 const PASSWORD = env('HOUSEHOLD_PASSWORD');
 const OPERATOR_LINK = env('OPERATOR_LINK');
 const ARTIFACTS = env('ARTIFACTS');
+const ENROL_REQUEST = env('ENROL_REQUEST');
+const ENROL_HOUSEHOLD = env('ENROL_HOUSEHOLD');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 mkdirSync(ARTIFACTS, { recursive: true });
 
@@ -31,7 +34,14 @@ const context = await chromium.launchPersistentContext(profile, {
 });
 const problems = [];
 const page = context.pages()[0] || await context.newPage();
-page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()} @ ${page.url()}`); });
+// Set while a step provokes a refusal on purpose: the browser logs the
+// 400 response itself as a console error.
+let expectRefusal = false;
+page.on('console', (m) => {
+  if (m.type() !== 'error') return;
+  if (expectRefusal && /status of 400/.test(m.text())) return;
+  problems.push(`console: ${m.text()} @ ${page.url()}`);
+});
 page.on('pageerror', (e) => problems.push(`page error: ${e.message} @ ${page.url()}`));
 page.on('requestfailed', (r) => {
   // Closing the event stream on logout or navigation aborts it by design.
@@ -39,9 +49,9 @@ page.on('requestfailed', (r) => {
 });
 
 const pagesSeen = [];
-async function show(hash, ready, name) {
+async function show(hash, ready, name, arg = null) {
   await page.goto(BASE + '/' + hash);
-  await page.waitForFunction(ready, null, { timeout: 20000 });
+  await page.waitForFunction(ready, arg, { timeout: 20000 });
   pagesSeen.push(name);
   assert(problems.length === 0, `no console errors on ${name}: ${problems.join('\n')}`);
 }
@@ -120,6 +130,7 @@ try {
   assert(status === 404, `another household's bill is 404, got ${status}`);
 
   await show('#/devices', () => document.querySelectorAll('#devices tbody tr:not(.empty)').length > 0, 'devices');
+  assert(await page.$$eval('#devices thead th', (t) => t.some((x) => x.textContent === 'Rejected')), 'rejects per meter shown');
   const owners = await page.$$eval('#devices tbody tr td:nth-child(2)', (t) => t.map((x) => x.textContent));
   assert(owners.every((o) => o === HOUSEHOLD), `a household sees only its own meters: ${owners}`);
   await shots('devices-household');
@@ -137,8 +148,51 @@ try {
   await page.waitForFunction(() => (document.getElementById('who').textContent || '').includes('operator'), null, { timeout: 10000 });
   await show('#/devices', () => document.querySelectorAll('#devices tbody tr:not(.empty)').length > 1, 'devices');
   await shots('devices');
-  await show('#/admin', () => !document.getElementById('page-admin').hidden && document.getElementById('set-public').checked, 'admin');
+  await show('#/admin', () => !document.getElementById('page-admin').hidden && document.getElementById('set-public').checked
+    && document.getElementById('p-retail_tariff').value !== '', 'admin');
   await shots('admin');
+
+  // The operator files a new household's signed request and approves it:
+  // the engine enrols it (approval is marked only when the engine took it).
+  await page.fill('#enrol-file', ENROL_REQUEST);
+  await page.click('#enrol-form button[type=submit]');
+  const approve = `#enrolments button[data-action=approve][data-household="${ENROL_HOUSEHOLD}"]`;
+  await page.waitForSelector(approve, { timeout: 10000 });
+  await page.click(approve);
+  await page.waitForFunction((h) => [...document.querySelectorAll('#enrolments tbody tr')].some((tr) =>
+    tr.cells[0].textContent === h && tr.querySelector('.status').textContent === 'approved'), ENROL_HOUSEHOLD, { timeout: 10000 });
+  assert(await page.$eval('#error-banner', (b) => b.hidden), 'no error after approving');
+  step(`operator filed and approved ${ENROL_HOUSEHOLD}'s signed request`);
+
+  // ... and raises the grid fee; the change is audited and scheduled.
+  await page.fill('#p-grid_fee', '12000');
+  await page.click('#params-form button[type=submit]');
+  await page.waitForFunction(() => /applies from/.test(document.getElementById('params-msg').textContent), null, { timeout: 10000 });
+  await page.waitForFunction(() => [...document.querySelectorAll('#param-changes tbody td')].some((td) => /grid fee 0 → 12000/.test(td.textContent)), null, { timeout: 10000 });
+  // A wrong value is refused with the field named.
+  expectRefusal = true;
+  await page.fill('#p-feed_in_tariff', '999999');
+  await page.click('#params-form button[type=submit]');
+  await page.waitForFunction(() => /feed_in_tariff/.test(document.getElementById('params-msg').textContent), null, { timeout: 10000 });
+  expectRefusal = false;
+  await page.fill('#p-feed_in_tariff', '80000');
+  await shots('admin-approved');
+  step('operator changed the grid fee; a wrong tariff was refused naming the field');
+
+  // The market page shows the new fee once its interval has begun.
+  await show('#/market', () => [...document.querySelectorAll('#market-params div')].some((d) =>
+    d.firstChild.textContent === 'Grid fee' && /[1-9]/.test(d.lastChild.textContent)), 'market');
+  await shots('market-params');
+  // The newcomer's meter is listed among the devices.
+  await show('#/devices', (h) => [...document.querySelectorAll('#devices tbody td')].some((td) => td.textContent === h + '-grid'), 'devices', ENROL_HOUSEHOLD);
+  step('the market shows the fee in force; the new meter is listed');
+  // Back to no fee, so later tests see the demo's own parameters.
+  await page.evaluate(async () => {
+    const csrf = document.cookie.match(/vs_csrf=([0-9a-f]+)/)[1];
+    const r = await fetch('/api/params', { method: 'POST', headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf },
+      body: JSON.stringify({ mechanism: 'uniform', price_rule: 'midpoint', feed_in_tariff: 80000, retail_tariff: 320000, grid_fee: 0, capacity_wh: null, gate_lead_ms: 0 }) });
+    if (!r.ok) throw new Error('restoring parameters: ' + r.status);
+  });
   await show('#/overview', () => document.querySelectorAll('#households tbody tr:not(.empty)').length > 1, 'overview');
   await shots('overview-operator');
   step('operator logged in by one-time link; devices, operator page, households');
