@@ -59,6 +59,28 @@ fn shipped_examples_validate() -> Result<()> {
     let (dir, household, clearing) = examples("ok")?;
     check(&dir, "household.toml", &household).map_err(|e| anyhow::anyhow!(e.message()))?;
     check(&dir, "clearing.toml", &clearing).map_err(|e| anyhow::anyhow!(e.message()))?;
+    // The documented password alternative: uncommented, certificate lines
+    // dropped, the password file in place.
+    let d = dir.to_str().context("utf-8")?;
+    std::fs::write(dir.join("broker.password"), "secret\n")?;
+    let password: String = household
+        .lines()
+        .filter(|l| !l.contains("/gateway.crt\"") && !l.contains("/gateway.key\""))
+        .map(|l| match l.strip_prefix("# ") {
+            Some(k)
+                if k.starts_with("port = 8884")
+                    || k.starts_with("username")
+                    || k.starts_with("password_file") =>
+            {
+                k.replace("/etc/voltshare/tls/", &format!("{d}/"))
+            }
+            _ => l.to_owned(),
+        })
+        .filter(|l| l != "port = 8883")
+        .collect::<Vec<_>>()
+        .join("\n");
+    ensure!(password.contains("\nusername = \"h07\""), "{password}");
+    check(&dir, "password.toml", &password).map_err(|e| anyhow::anyhow!(e.message()))?;
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }
