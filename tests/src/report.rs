@@ -48,6 +48,8 @@ pub fn write_section(section: &str, value: Value) {
             all.insert(name, v);
         }
     }
+    let summary = summary(&all);
+    all.insert("summary".into(), summary);
     let merged = serde_json::to_string_pretty(&Value::Object(all)).expect("report JSON");
     let out = target_dir().join("fault-report.json");
     let tmp = target_dir().join(format!(
@@ -61,4 +63,78 @@ pub fn write_section(section: &str, value: Value) {
         serde_json::to_string_pretty(&value).unwrap_or_default()
     );
     println!("== fault report so far ({}):\n{merged}", out.display());
+}
+
+/// The sections the figures live in, by the test that measures them.
+pub const SECTIONS: [(&str, &str); 11] = [
+    ("engine_crash", "fault_crash: 200 SIGKILLs of the engine"),
+    (
+        "engine_crash_chain",
+        "fault_crash: SIGKILLs while settling on Anvil",
+    ),
+    (
+        "gateway_power_loss",
+        "fault_power_loss: 100 SIGKILLs of the meter agent",
+    ),
+    ("outages", "fault_outage: broker 10 min, engine 30 min"),
+    ("chain_rpc_outage", "fault_outage: chain RPC 15 min"),
+    ("duplicates", "fault_adversarial: every message three times"),
+    (
+        "adversarial",
+        "fault_adversarial: bad cases by reason, false rejections",
+    ),
+    ("fuzz_corpus", "fault_fuzz_corpus: harnesses on stable"),
+    ("fuzz_libfuzzer", "scripts/fuzz-ci: libFuzzer"),
+    ("determinism_books", "fault_determinism: shuffled books"),
+    ("determinism_replay", "fault_determinism: replayed week"),
+];
+
+/// Totals over every section of the figures that must be zero, and which
+/// sections are missing (their test has not run into this target dir).
+fn summary(all: &Map<String, Value>) -> Value {
+    const MUST_BE_ZERO: [&str; 11] = [
+        "readings_lost",
+        "readings_duplicated",
+        "readings_gaps",
+        "readings_stored_out_of_order",
+        "duplicate_settlements",
+        "unsettled",
+        "reclear_mismatches",
+        "digest_mismatches",
+        "batches_on_chain_not_in_database",
+        "false_rejections",
+        "mismatches",
+    ];
+    fn walk(v: &Value, key: &str, total: &mut u64) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    if k == key {
+                        *total += x.as_u64().unwrap_or(0);
+                    } else {
+                        walk(x, key, total);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, key, total)),
+            _ => {}
+        }
+    }
+    let mut out = Map::new();
+    for key in MUST_BE_ZERO {
+        let mut total = 0;
+        for (name, v) in all {
+            if name != "summary" {
+                walk(v, key, &mut total);
+            }
+        }
+        out.insert(key.to_owned(), Value::from(total));
+    }
+    let missing: Vec<Value> = SECTIONS
+        .iter()
+        .filter(|(s, _)| !all.contains_key(*s))
+        .map(|(s, by)| Value::from(format!("{s} ({by})")))
+        .collect();
+    out.insert("sections_missing".into(), Value::Array(missing));
+    Value::Object(out)
 }

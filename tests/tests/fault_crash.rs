@@ -1,14 +1,15 @@
 //! Item 1 of the fault suite: the clearing engine killed with SIGKILL.
 //!
 //! The engine is the real `voltshare` binary (`voltshare run --config` with
-//! only the `[engine]` role; four-second intervals, real clock) on a unique
+//! only the `[engine]` role; short intervals on the real clock) on a unique
 //! grid of the real Mosquitto on 127.0.0.1:1883. Four real meter agents (in
 //! this process, each polling its own Modbus TCP simulator, each with its
 //! SQLite outbox) publish readings, and a test sender places crossing buy
 //! and sell orders two intervals ahead, resending until acknowledged. The
-//! engine is killed at random points (10 times over about 8 intervals by
-//! default, 200 times over 50 intervals with `VOLTSHARE_LONG=1`) and started
-//! again each time; the log around each kill says what it was doing.
+//! engine is killed at 200 random points across 50 intervals (two-second
+//! intervals by default, four-second ones with `VOLTSHARE_LONG=1`) and
+//! started again each time; the log around each kill says what it was doing
+//! (the report counts the kills by phase).
 //!
 //! Afterwards, from the engine's database and the agents' outboxes:
 //! - zero lost readings: per meter, engine ∪ outbox = 1..=last, and the
@@ -19,82 +20,51 @@
 //! - trades identical to a run without crashes: each interval's stored
 //!   result equals clearing its stored signed orders again with
 //!   `clearing::auction`, and equals clearing the orders the sender had
-//!   acknowledged as accepted.
+//!   acknowledged as accepted. Orders refused during the run are counted
+//!   by reason (`order_outcomes`), and the report says how many intervals
+//!   would differ had every order sent been cleared: an order whose first
+//!   delivery died with the engine and whose resend arrives after a later
+//!   nonce of the same household is refused as `replay` by the engine's
+//!   nonce rule.
 //!
 //! The second test runs the same with the `evm` settlement backend on a real
 //! Anvil (blocks every second, contracts deployed from the committed
-//! artifact): afterwards every batch in the database is confirmed on chain
+//! artifact; 50 kills across 15 four-second intervals by default, 200
+//! across 50 with `VOLTSHARE_LONG=1`): afterwards every batch in the database is confirmed on chain
 //! with the same digest, and no cleared interval without a batch in the
 //! database has one on chain: the chain's set of batches equals the
 //! database's.
 
 use clearing::book::{self, SignedOrder};
-use clearing::evm::alloy::node_bindings::{Anvil, AnvilInstance};
-use clearing::evm::alloy::primitives::Address;
-use clearing::evm::chain::Chain;
-use clearing::evm::contract::{batch_digest, grid_word};
-use clearing::evm::{ANVIL_KEYS, Deployment, fund_test_accounts, key_from_hex};
 use protocol::{
-    AckOutcome, AuctionParams, Clock, Domain, IntervalId, MicroPerKwh, Order, Side, SystemClock,
-    canonical_json,
+    AckOutcome, AuctionParams, Clock, IntervalId, MicroPerKwh, SystemClock, canonical_json,
 };
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use voltshare_tests::agents::{Agents, wait_outboxes_empty};
+use voltshare_tests::chain::{ChainSetup, account};
 use voltshare_tests::checks::{self, audit_intervals, audit_seqs};
+use voltshare_tests::orders::{FeedPlan, OrderFeed, SentOrders, last_target};
 use voltshare_tests::procs::Proc;
-use voltshare_tests::sender::{AckKey, Sender, TestHousehold, order, orders_topic, signed};
+use voltshare_tests::sender::{AckKey, Sender, TestHousehold};
 use voltshare_tests::util::{self, Rng};
 use voltshare_tests::{engine, report};
 
-const LEN: u64 = 4_000;
-
-/// Orders placed, by (household, nonce), with their wire bytes.
-type SentOrders = BTreeMap<(String, u64), (Order, Vec<u8>)>;
-
-/// The on-chain part of a run: Anvil, the deployed contracts, the settler key.
-struct ChainSetup {
-    _anvil: AnvilInstance,
-    endpoint: String,
-    deployment: Deployment,
-}
-
-/// The settlement account of household `i` on chain.
-fn account(i: usize) -> Address {
-    Address::repeat_byte(u8::try_from(0x10 + i).expect("small"))
-}
-
-async fn chain_setup(dir: &Path, households: usize) -> ChainSetup {
-    let path = clearing::evm::anvil_path().expect(
-        "Anvil is missing: run scripts/setup.d/20-contracts.sh (npm ci in deploy/contracts)",
-    );
-    // Blocks every second, so that confirmations accrue on a real clock.
-    let anvil = Anvil::at(path).args(["--block-time", "1"]).spawn();
-    let endpoint = anvil.endpoint();
-    let chain = Chain::http(&endpoint, Duration::from_secs(5)).expect("rpc url");
-    let admin = key_from_hex(ANVIL_KEYS[0]).expect("dev key");
-    let settler = key_from_hex(ANVIL_KEYS[1]).expect("dev key");
-    let deployment =
-        clearing::evm::deploy(&chain, &admin, None, settler.address(), admin.address())
-            .await
-            .expect("deploy");
-    let accounts: Vec<Address> = (0..households).map(account).collect();
-    fund_test_accounts(&chain, &admin, &deployment, &accounts, 1_000_000_000)
-        .await
-        .expect("deposits");
-    std::fs::write(dir.join("settler.key"), ANVIL_KEYS[1]).expect("settler key file");
-    ChainSetup {
-        _anvil: anvil,
-        endpoint,
-        deployment,
-    }
+/// One crash run's shape.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    kills: u32,
+    intervals: u64,
+    /// Interval length, real milliseconds (the binary runs on the system
+    /// clock).
+    len: u64,
 }
 
 fn engine_toml(
+    len: u64,
     grid: &protocol::GridId,
     dir: &Path,
     homes: &[TestHousehold],
@@ -104,7 +74,7 @@ fn engine_toml(
     let mut s = format!(
         "grid = \"{grid}\"\ndata_dir = \"{d}/gw\"\n\n[broker]\nhost = \"127.0.0.1\"\nport = 1883\n\n\
          [engine]\nenabled = true\nkey_file = \"{d}/engine.key\"\ndb_path = \"{d}/engine.db\"\n\
-         interval_ms = {LEN}\nsettle_grace_ms = 500\nsettle_max_wait_ms = 20000\nclient_id = \"vs-engine-{grid}\"\n\n\
+         interval_ms = {len}\nsettle_grace_ms = 500\nsettle_max_wait_ms = 20000\nclient_id = \"vs-engine-{grid}\"\n\n\
          [engine.params]\ngrid_fee = {fee}\n",
         d = dir.display(),
         fee = params.grid_fee.0,
@@ -117,7 +87,7 @@ fn engine_toml(
             c.deployment.chain_id,
             c.deployment.contract,
             dir.display(),
-            Address::repeat_byte(0xee),
+            voltshare_tests::chain::utility(),
         ));
     }
     for (i, h) in homes.iter().enumerate() {
@@ -156,22 +126,42 @@ fn phase(log: &str) -> &'static str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn engine_killed_at_random_points_loses_nothing() {
-    crash_run(false, util::pick(10, 200), util::pick(8, 50)).await;
+    // The issue's figure in every run: 200 kills across 50 intervals (two
+    // seconds each by default, four in the long run).
+    let shape = Shape {
+        kills: 200,
+        intervals: 50,
+        len: util::pick(2_000, 4_000),
+    };
+    crash_run(false, shape).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn engine_killed_with_chain_settlement_keeps_chain_equal_to_database() {
-    crash_run(true, util::pick(6, 100), util::pick(6, 30)).await;
+    // Settling on chain makes every restart slower (the settler reconciles
+    // with the node first): 50 kills over 15 four-second intervals by
+    // default, 200 over 50 in the long run.
+    let shape = Shape {
+        kills: util::pick(50, 200),
+        intervals: util::pick(15, 50),
+        len: 4_000,
+    };
+    crash_run(true, shape).await;
 }
 
-async fn crash_run(on_chain: bool, kills: u32, run_intervals: u64) {
+async fn crash_run(on_chain: bool, shape: Shape) {
+    let Shape {
+        kills,
+        intervals: run_intervals,
+        len,
+    } = shape;
     util::require_system_mosquitto();
     let tag = if on_chain { "crash-chain" } else { "crash" };
     let grid = util::unique_grid(tag);
     let dir = util::temp_dir(tag);
     let homes: Vec<TestHousehold> = (0..4).map(|i| TestHousehold::new(tag, i)).collect();
     let chain = if on_chain {
-        Some(chain_setup(&dir, homes.len()).await)
+        Some(voltshare_tests::chain::setup(&dir, homes.len()).await)
     } else {
         None
     };
@@ -184,7 +174,7 @@ async fn crash_run(on_chain: bool, kills: u32, run_intervals: u64) {
     let config = dir.join("engine.toml");
     std::fs::write(
         &config,
-        engine_toml(&grid, &dir, &homes, &params, chain.as_ref()),
+        engine_toml(len, &grid, &dir, &homes, &params, chain.as_ref()),
     )
     .expect("config");
     let log = dir.join("engine.log");
@@ -214,68 +204,24 @@ async fn crash_run(on_chain: bool, kills: u32, run_intervals: u64) {
     .await;
 
     // Orders: at each interval start, 1–2 per household for two intervals
-    // ahead; households 0 and 1 sell low, 2 and 3 buy high, so books cross.
-    let placing = Arc::new(AtomicBool::new(true));
-    let sent_orders: Arc<std::sync::Mutex<SentOrders>> = Arc::default();
-    let orders_task = {
-        let (sender, placing, sent, homes, grid, clock) = (
-            sender.clone(),
-            placing.clone(),
-            sent_orders.clone(),
-            homes.clone(),
-            grid.clone(),
-            clock.clone(),
-        );
-        tokio::spawn(async move {
-            let mut rng = Rng::new(0x5eed_0001);
-            let mut nonce = vec![0u64; homes.len()];
-            let mut last = None;
-            while placing.load(Ordering::SeqCst) {
-                let now = clock.now();
-                let current = IntervalId::containing(now, LEN);
-                if last != Some(current) {
-                    last = Some(current);
-                    let target = IntervalId(current.0 + 2 * LEN);
-                    for (i, h) in homes.iter().enumerate() {
-                        for _ in 0..rng.range(1, 2) {
-                            nonce[i] += 1;
-                            let (side, price) = if i < 2 {
-                                (Side::Sell, rng.range(90, 160))
-                            } else {
-                                (Side::Buy, rng.range(200, 310))
-                            };
-                            let o = order(
-                                &grid,
-                                h,
-                                target,
-                                side,
-                                rng.range(20, 800),
-                                price * 1000,
-                                nonce[i],
-                                now,
-                            );
-                            let bytes = signed(Domain::Order, &h.key, &o);
-                            sent.lock()
-                                .expect("orders")
-                                .insert((h.id.to_string(), o.nonce), (o.clone(), bytes.clone()));
-                            sender
-                                .send_tracked(
-                                    AckKey::order(&h.id, o.nonce),
-                                    orders_topic(&grid, &h.id),
-                                    bytes,
-                                )
-                                .await;
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    // ahead; even households sell low, odd ones buy high, so books cross.
+    let feed = OrderFeed::start(
+        sender.clone(),
+        &grid,
+        &homes,
+        clock.clone(),
+        FeedPlan {
+            interval_ms: len,
+            ahead: 2,
+            max_per_household: 2,
+            traders: homes.len(),
+            seed: 0x5eed_0001,
+        },
+    );
 
     // The kills: spread over the run, random up and down times.
     let mut rng = Rng::new(0x5eed_1001);
-    let total_ms = run_intervals * LEN;
+    let total_ms = run_intervals * len;
     let per_kill = total_ms / u64::from(kills);
     let mut phases: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut down_ms_total = 0u64;
@@ -301,15 +247,8 @@ async fn crash_run(on_chain: bool, kills: u32, run_intervals: u64) {
         eng = Proc::voltshare_run("engine", &config, &log);
     }
     let crash_seconds = watch.elapsed().as_secs_f64();
-    placing.store(false, Ordering::SeqCst);
-    orders_task.await.expect("order task");
-    let last_target = sent_orders
-        .lock()
-        .expect("orders")
-        .values()
-        .map(|(o, _)| o.interval)
-        .max()
-        .expect("orders were placed");
+    let sent = feed.stop().await;
+    let last_target = last_target(&sent);
 
     // Calm: the engine runs on until every order is acknowledged, the
     // intervals that were ordered for are cleared and settled, and the
@@ -317,36 +256,9 @@ async fn crash_run(on_chain: bool, kills: u32, run_intervals: u64) {
     sender.drain(Duration::from_secs(60)).await;
     let db = dir.join("engine.db");
     let pool = checks::open_read(&db).await;
-    util::wait_for(
-        "the ordered intervals to be cleared and settled",
-        Duration::from_secs(90),
-        || async {
-            let settled: Option<i64> =
-                sqlx::query_scalar("SELECT MAX(interval_start) FROM settlements")
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
-            settled
-                .is_some_and(|s| s >= i64::try_from(last_target.0).unwrap_or(i64::MAX))
-                .then_some(())
-        },
-    )
-    .await;
+    checks::wait_settled_through(&pool, last_target, 90).await;
     if on_chain {
-        util::wait_for(
-            "every recorded batch to be confirmed on chain",
-            Duration::from_secs(120),
-            || async {
-                let open: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM settlements WHERE status IN ('pending', 'submitted')",
-                )
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-                (open == 0).then_some(())
-            },
-        )
-        .await;
+        voltshare_tests::chain::wait_all_confirmed(&pool, 120).await;
     }
     let drained = wait_outboxes_empty(&agents.meters, Duration::from_secs(60)).await;
     let meters = agents.meters.clone();
@@ -363,8 +275,7 @@ async fn crash_run(on_chain: bool, kills: u32, run_intervals: u64) {
     }
     // Orders: stored exactly the accepted ones.
     let outcomes = sender.outcomes();
-    let sent = sent_orders.lock().expect("orders").clone();
-    let mut accepted: BTreeMap<(String, u64), (Order, Vec<u8>)> = BTreeMap::new();
+    let mut accepted = SentOrders::new();
     let mut order_outcomes: BTreeMap<String, u64> = BTreeMap::new();
     for ((h, n), v) in &sent {
         let key = AckKey::order(&v.0.household, *n);
@@ -396,85 +307,45 @@ async fn crash_run(on_chain: bool, kills: u32, run_intervals: u64) {
     let accepted_keys: Vec<(String, u64)> = accepted.keys().cloned().collect();
     // Trades: the stored results against the orders the sender saw accepted
     // (what a run without crashes would have cleared).
-    let audit = audit_intervals(&pool, &grid, &params, LEN, last_target).await;
+    let audit = audit_intervals(&pool, &grid, &params, len, last_target).await;
     let cleared: Vec<(i64, String)> =
         sqlx::query_as("SELECT interval_start, result_json FROM intervals ORDER BY interval_start")
             .fetch_all(&pool)
             .await
             .expect("intervals");
-    let mut no_crash_mismatches = 0u64;
-    for (start, json) in &cleared {
-        let interval = IntervalId(u64::try_from(*start).expect("interval"));
-        let mut mine: Vec<SignedOrder> = accepted
-            .values()
-            .filter(|(o, _)| o.interval == interval)
-            .map(|(o, b)| SignedOrder {
-                order: o.clone(),
-                envelope: b.clone(),
-            })
-            .collect();
-        mine.sort_by(|a, b| {
-            (a.order.household.as_str(), a.order.nonce)
-                .cmp(&(b.order.household.as_str(), b.order.nonce))
-        });
-        let (result, _) = book::result_of(&grid, interval, &params, &mine);
-        if canonical_json(&result) != json.as_bytes() {
-            no_crash_mismatches += 1;
+    // Against the orders the sender saw accepted (the assertion), and, for
+    // the report, against every order sent: a run without crashes accepts
+    // them all, so intervals differing there show what refused orders cost.
+    let reclear_against = |orders: &SentOrders| {
+        let mut differing = 0u64;
+        for (start, json) in &cleared {
+            let interval = IntervalId(u64::try_from(*start).expect("interval"));
+            let mut mine: Vec<SignedOrder> = orders
+                .values()
+                .filter(|(o, _)| o.interval == interval)
+                .map(|(o, b)| SignedOrder {
+                    order: o.clone(),
+                    envelope: b.clone(),
+                })
+                .collect();
+            mine.sort_by(|a, b| {
+                (a.order.household.as_str(), a.order.nonce)
+                    .cmp(&(b.order.household.as_str(), b.order.nonce))
+            });
+            let (result, _) = book::result_of(&grid, interval, &params, &mine);
+            differing += u64::from(canonical_json(&result) != json.as_bytes());
         }
-    }
+        differing
+    };
+    let no_crash_mismatches = reclear_against(&accepted);
+    let all_sent_mismatches = reclear_against(&sent);
     // The chain's set of batches against the database's.
     let mut chain_figures = json!("not run: this variant settles on the embedded ledger only");
     let mut chain_mismatches = 0u64;
     if let Some(c) = &chain {
-        let rpc = Chain::http(&c.endpoint, Duration::from_secs(5)).expect("rpc url");
-        let word = grid_word(&grid);
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT interval_start, batch_json, status FROM settlements ORDER BY seq",
-        )
-        .fetch_all(&pool)
-        .await
-        .expect("settlements");
-        let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
-        for (interval, json, status) in &rows {
-            *statuses.entry(status.clone()).or_insert(0) += 1;
-            let batch: protocol::SettlementBatch =
-                serde_json::from_str(json).expect("stored batch");
-            let onchain = rpc
-                .batch_digest(
-                    c.deployment.contract,
-                    word,
-                    u64::try_from(*interval).expect("interval"),
-                )
-                .await
-                .expect("digest");
-            if onchain != batch_digest(&batch) {
-                chain_mismatches += 1;
-            }
-        }
-        // No batch on chain that the database does not hold: every cleared
-        // interval without a settlement row has none on chain either.
-        let settled: std::collections::BTreeSet<i64> = rows.iter().map(|r| r.0).collect();
-        let mut extra_on_chain = 0u64;
-        for (start, _) in &cleared {
-            if !settled.contains(start) {
-                let onchain = rpc
-                    .batch_digest(
-                        c.deployment.contract,
-                        word,
-                        u64::try_from(*start).expect("interval"),
-                    )
-                    .await
-                    .expect("digest");
-                extra_on_chain += u64::from(!onchain.is_zero());
-            }
-        }
-        chain_mismatches += extra_on_chain;
-        chain_figures = json!({
-            "batches_in_database": rows.len(),
-            "statuses": statuses,
-            "digest_mismatches": chain_mismatches - extra_on_chain,
-            "batches_on_chain_not_in_database": extra_on_chain,
-        });
+        let cmp = c.compare(&pool, &grid).await;
+        chain_mismatches = cmp.digest_mismatches + cmp.batches_on_chain_not_in_database;
+        chain_figures = json!(cmp);
     }
     let lost: u64 = seq_audits.iter().map(|a| a.lost).sum();
     let gaps: u64 = seq_audits.iter().map(|a| a.gaps).sum();
@@ -491,6 +362,7 @@ async fn crash_run(on_chain: bool, kills: u32, run_intervals: u64) {
             "kills": kills,
             "kill_phases": phases,
             "intervals_spanned": run_intervals,
+            "interval_ms": len,
             "crash_phase_seconds": crash_seconds,
             "engine_down_ms_total": down_ms_total,
             "readings_expected": expected,
@@ -506,7 +378,8 @@ async fn crash_run(on_chain: bool, kills: u32, run_intervals: u64) {
             "orders_stored": stored_keys.len(),
             "orders_stored_equal_accepted": stored_keys == accepted_keys,
             "intervals": audit,
-            "results_differing_from_no_crash_run": no_crash_mismatches,
+            "results_differing_from_clearing_the_accepted_orders": no_crash_mismatches,
+            "results_differing_from_clearing_every_order_sent": all_sent_mismatches,
             "chain_vs_database": chain_figures,
         }),
     );
