@@ -537,6 +537,52 @@ async fn parameter_changes_apply_from_the_next_open_interval_only() {
     assert_eq!(status, StatusCode::OK, "{change}");
     assert_eq!(change["effective_from"], I0 + 5 * LEN);
 
+    // The new lead is enforced from interval 5 on: 30 s before it starts
+    // its gate is closed (an order is refused, the interval clears), while
+    // interval 6 is still open.
+    let (i5, i6) = (IntervalId(I0 + 5 * LEN), IntervalId(I0 + 6 * LEN));
+    clock.set(UnixMs(i5.0 - 30_000));
+    for (interval, want) in [
+        (
+            i5,
+            AckOutcome::Rejected(RejectReason::GateClosed.as_str().to_owned()),
+        ),
+        (i6, AckOutcome::Accepted),
+    ] {
+        nonce += 1;
+        let o = sender::order(
+            &grid,
+            &buyer,
+            interval,
+            Side::Buy,
+            1_000,
+            200_000,
+            nonce,
+            UnixMs(i5.0 - 30_000),
+        );
+        let key = AckKey::order(&buyer.id, nonce);
+        sender
+            .send_tracked(
+                key.clone(),
+                sender::orders_topic(&grid, &buyer.id),
+                sender::signed(Domain::Order, &buyer.key, &o),
+            )
+            .await;
+        assert_eq!(acked(&sender, &key).await, want, "order for {}", interval.0);
+    }
+    let r5 = engine
+        .clear_interval(i5)
+        .await
+        .expect("i5's gate has closed");
+    assert_eq!(r5.params.grid_fee.0, 25_000);
+    assert!(
+        matches!(
+            engine.clear_interval(i6).await,
+            Err(clearing::EngineError::GateOpen(_))
+        ),
+        "interval 6 is still open"
+    );
+
     // Durable: a restarted engine on the same database has both changes.
     sender.close().await;
     engine.shutdown().await.expect("shutdown");
