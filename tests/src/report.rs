@@ -24,7 +24,12 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// Writes one section and prints the merged report.
-pub fn write_section(section: &str, value: Value) {
+pub fn write_section(section: &str, mut value: Value) {
+    // Each section says which variant measured it (sections of runs with
+    // and without VOLTSHARE_LONG=1 meet in one report).
+    if let Value::Object(m) = &mut value {
+        m.insert("long".into(), Value::Bool(crate::util::long()));
+    }
     let dir = target_dir().join("fault-report.d");
     std::fs::create_dir_all(&dir).expect("report directory");
     let text = serde_json::to_string_pretty(&value).expect("report JSON");

@@ -533,32 +533,6 @@ impl World {
 
 const BAD_KINDS: usize = 31;
 
-/// The engine's totals: (accepted readings, accepted orders, duplicates,
-/// rejects by reason).
-fn totals(e: &clearing::EngineHandle) -> (u64, u64, u64, BTreeMap<String, u64>) {
-    let s = e.counters().snapshot();
-    (
-        s.readings_accepted,
-        s.orders_accepted,
-        s.duplicates,
-        s.rejects,
-    )
-}
-
-/// Keeps the publisher at most a few hundred messages ahead of the engine:
-/// Mosquitto queues at most 1000 messages per subscriber by default and
-/// drops the rest, which would be a loss caused by the test, not the engine.
-async fn keep_up(e: &clearing::EngineHandle, sent: u64) {
-    if !sent.is_multiple_of(100) {
-        return;
-    }
-    util::wait_for("the engine to keep up", Duration::from_secs(60), || async {
-        let (r, o, d, rej) = totals(e);
-        (r + o + d + rej.values().sum::<u64>() + 300 >= sent).then_some(())
-    })
-    .await;
-}
-
 async fn count_rows(pool: &sqlx::SqlitePool, table: &str) -> i64 {
     let q = match table {
         "readings" => "SELECT COUNT(*) FROM readings",
@@ -680,21 +654,13 @@ async fn adversarial_corpus_rejected_by_reason() {
             _ => sender.publish(m.topic, m.payload).await,
         }
         sent += 1;
-        keep_up(&eng, sent).await;
+        engine::keep_up(&eng, sent).await;
     }
-    util::wait_for(
-        "the engine to account for every message",
-        Duration::from_secs(180),
-        || async {
-            let (r, o, d, rej) = totals(&eng);
-            (r + o + d + rej.values().sum::<u64>() >= total).then_some(())
-        },
-    )
-    .await;
+    engine::wait_accounted(&eng, total, Duration::from_secs(180)).await;
     // Acks for the valid ones.
     sender.drain(Duration::from_secs(60)).await;
     let elapsed = watch.elapsed();
-    let (readings, orders, dups, rejects) = totals(&eng);
+    let (readings, orders, dups, rejects) = engine::totals(&eng);
     let outcomes = sender.outcomes();
     let false_rejections: Vec<(&AckKey, &AckOutcome)> = valid_keys
         .iter()
@@ -794,7 +760,7 @@ async fn every_qos1_message_three_times_is_stored_once() {
         sender.publish(m.topic.clone(), m.payload.clone()).await;
         sender.publish(m.topic.clone(), m.payload.clone()).await;
         sent += 3;
-        keep_up(&eng, sent).await;
+        engine::keep_up(&eng, sent).await;
     }
     // Second half: three rounds, as redeliveries after reconnects come.
     for round in 0..3 {
@@ -810,21 +776,13 @@ async fn every_qos1_message_three_times_is_stored_once() {
                 sender.publish(m.topic.clone(), m.payload.clone()).await;
             }
             sent += 1;
-            keep_up(&eng, sent).await;
+            engine::keep_up(&eng, sent).await;
         }
     }
     let total = 3 * u64::try_from(n).expect("n");
-    util::wait_for(
-        "the engine to see all copies",
-        Duration::from_secs(120),
-        || async {
-            let (r, o, d, rej) = totals(&eng);
-            (r + o + d + rej.values().sum::<u64>() >= total).then_some(())
-        },
-    )
-    .await;
+    engine::wait_accounted(&eng, total, Duration::from_secs(120)).await;
     sender.drain(Duration::from_secs(30)).await;
-    let (readings, orders, dups, rejects) = totals(&eng);
+    let (readings, orders, dups, rejects) = engine::totals(&eng);
     let pool = eng.pool();
     let stored = count_rows(&pool, "readings").await + count_rows(&pool, "orders").await;
     let accepted_first = msgs
