@@ -39,8 +39,10 @@
 //! Each `settle` is planned against the registry as the chain holds it:
 //! known accounts by index, new ones registered by the batch at the next
 //! free indexes, written out so that the contract refuses a plan that has
-//! gone stale. A batch that registers accounts waits until no earlier batch
-//! is still pending or submitted, so that plans do not race.
+//! gone stale. When a batch names a new account, it registers every
+//! configured account the chain does not know yet, in a fixed order: batches
+//! planned while earlier ones are in flight then agree on every index, and
+//! the contract takes the repeated registrations as no-ops.
 //!
 //! # Never paid twice
 //!
@@ -381,6 +383,21 @@ impl EvmSettlement {
         Ok(out)
     }
 
+    /// Plans the account arguments of a batch's `settle` (see
+    /// [`contract::plan_input`]); the universe is every configured household
+    /// account, by household id, then the utility.
+    async fn plan(&self, batch: &SettlementBatch) -> Result<contract::SettleInput, EvmError> {
+        let mut universe: Vec<Address> = self.accounts.values().copied().collect();
+        universe.push(self.utility);
+        contract::plan_input(
+            &self.chain,
+            self.contract,
+            &self.accounts_of(batch)?,
+            &universe,
+        )
+        .await
+    }
+
     fn now(&self) -> u64 {
         self.clock.now().0
     }
@@ -397,18 +414,9 @@ impl EvmSettlement {
             return Ok(());
         }
         let head = self.chain.block_number().await?;
-        // Whether an earlier batch may still be mined: a batch that
-        // registers accounts waits for it, as its indexes are planned
-        // against the registry the chain holds now.
-        let mut in_flight = false;
         for row in rows {
-            let earlier_in_flight = in_flight;
-            in_flight |= matches!(
-                row.status,
-                SettlementStatus::Pending | SettlementStatus::Submitted
-            );
             let go_on = match row.status {
-                SettlementStatus::Pending => self.step_pending(&row, earlier_in_flight).await?,
+                SettlementStatus::Pending => self.step_pending(&row).await?,
                 SettlementStatus::Submitted => {
                     self.step_submitted(&row, head).await?;
                     true
@@ -641,7 +649,7 @@ impl EvmSettlement {
 
     /// Pending: (re)broadcast a signed attempt, or sign a new one. Returns
     /// false when the batch cannot go out now (later ones wait behind it).
-    async fn step_pending(&self, row: &Row, earlier_in_flight: bool) -> Result<bool, EvmError> {
+    async fn step_pending(&self, row: &Row) -> Result<bool, EvmError> {
         let attempts = self.attempts(row.interval).await?;
         if let Some(a) = attempts
             .iter()
@@ -667,15 +675,7 @@ impl EvmSettlement {
                 ours,
             });
         }
-        let plan = contract::plan_input(&self.chain, self.contract, &self.accounts_of(&row.batch)?)
-            .await?;
-        if !plan.registrations.is_empty() && earlier_in_flight {
-            debug!(
-                interval = row.interval,
-                "batch registers accounts; waiting for the earlier batch to be mined"
-            );
-            return Ok(false);
-        }
+        let plan = self.plan(&row.batch).await?;
         let size = (plan.count, plan.registrations.len());
         let call = contract::settle_call(&self.grid, IntervalId(row.interval), &row.batch, plan);
         let input = call.abi_encode();
@@ -918,8 +918,7 @@ impl EvmSettlement {
         // Planned again: the registry cannot have changed under a batch that
         // is still waiting, unless an earlier one was mined meanwhile, and
         // then the old plan would revert anyway.
-        let plan = contract::plan_input(&self.chain, self.contract, &self.accounts_of(&row.batch)?)
-            .await?;
+        let plan = self.plan(&row.batch).await?;
         let size = (plan.count, plan.registrations.len());
         let input = contract::settle_call(&self.grid, IntervalId(row.interval), &row.batch, plan)
             .abi_encode();

@@ -4,6 +4,9 @@
 
 use protocol::{HouseholdId, MeterId, UnixMs, Watts};
 
+pub use crate::evm::verify::{
+    Published as PublishedInterval, PublishedBatch, PublishedKey, PublishedMeter, PublishedTrade,
+};
 use serde::Serialize;
 
 /// One interval's clearing summary, newest first in lists.
@@ -365,6 +368,17 @@ pub trait ReadModel: Send + Sync + 'static {
     /// the orders root, re-runs the auction, checks the engine's signatures
     /// and the settlement batch. `None` if the interval was not cleared.
     fn verify_interval(&self, _interval_start: u64) -> ReadFuture<'_, Option<VerifyReport>> {
+        Box::pin(async { Ok(None) })
+    }
+    /// What the engine publishes for an interval (of `interval_ms`) so that
+    /// anyone can verify it (`voltshare verify --api`): the signed order
+    /// and reading envelopes, the public keys, the engine's signed result
+    /// and batch. `None` if the interval was not cleared.
+    fn published(
+        &self,
+        _interval_start: u64,
+        _interval_ms: u64,
+    ) -> ReadFuture<'_, Option<PublishedInterval>> {
         Box::pin(async { Ok(None) })
     }
 }

@@ -510,6 +510,21 @@ impl ReadModel for EngineReadModel {
         Box::pin(async move { verify(&self.pool, interval_start).await })
     }
 
+    fn published(
+        &self,
+        interval_start: u64,
+        interval_ms: u64,
+    ) -> ReadFuture<'_, Option<crate::read::PublishedInterval>> {
+        Box::pin(async move {
+            crate::evm::verify::published(
+                &self.pool,
+                protocol::IntervalId(interval_start),
+                interval_ms,
+            )
+            .await
+            .map_err(|e| ReadError::Storage(e.to_string()))
+        })
+    }
 }
 
 type TradeTuple = (i64, i64, String, String, i64, i64, i64);

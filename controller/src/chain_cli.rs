@@ -9,7 +9,10 @@ use clap::{Args, Subcommand};
 use clearing::evm::alloy::primitives::Address;
 use clearing::evm::alloy::signers::local::PrivateKeySigner;
 use clearing::evm::chain::Chain;
-use clearing::evm::verify::{ProofBundle, Report, proof_bundle, verify_bundle, verify_interval};
+use clearing::evm::verify::{
+    ProofBundle, Published, Report, proof_bundle, proof_from_published, verify_bundle,
+    verify_interval, verify_published,
+};
 use clearing::evm::{ANVIL_KEYS, EvmError, key_from_hex, parse_address, read_key};
 use protocol::{HouseholdId, IntervalId};
 use sqlx::sqlite::SqliteConnectOptions;
@@ -107,9 +110,14 @@ pub struct VerifyArgs {
     /// The interval's start, Unix ms.
     #[arg(long)]
     pub interval: u64,
-    /// The engine's database (opened read-only).
+    /// The engine's dashboard (`http://host:port`): the published signed
+    /// inputs are fetched from its `/api/published/{interval}`. The
+    /// documented way.
+    #[arg(long, conflicts_with = "db")]
+    pub api: Option<String>,
+    /// Or the engine's database (opened read-only), on the engine's host.
     #[arg(long)]
-    pub db: PathBuf,
+    pub db: Option<PathBuf>,
     /// The engine's interval length, ms.
     #[arg(long, default_value_t = 900_000)]
     pub interval_ms: u64,
@@ -136,9 +144,49 @@ async fn open_ro(db: &Path) -> Result<sqlx::SqlitePool, CliError> {
         .map_err(CliError::Runtime)
 }
 
+/// Fetches what the engine publishes for `interval` from its API.
+pub async fn fetch_published(api: &str, interval: u64) -> Result<Published, CliError> {
+    use clearing::evm::alloy::transports::http::reqwest;
+    let base = api.trim_end_matches('/');
+    if !base.starts_with("http://") && !base.starts_with("https://") {
+        return Err(CliError::Usage(format!(
+            "--api {api:?}: expected http://host:port"
+        )));
+    }
+    let url = format!("{base}/api/published/{interval}");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(runtime)?;
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))
+        .map_err(CliError::Runtime)?;
+    let status = resp.status();
+    let body = resp
+        .text()
+        .await
+        .with_context(|| format!("GET {url}"))
+        .map_err(CliError::Runtime)?;
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err(CliError::Runtime(anyhow::anyhow!(
+            "interval {interval} was not cleared (404 from {url})"
+        )));
+    }
+    if !status.is_success() {
+        return Err(CliError::Runtime(anyhow::anyhow!(
+            "GET {url}: {status}: {body}"
+        )));
+    }
+    serde_json::from_str(&body)
+        .with_context(|| format!("GET {url}: not a published interval"))
+        .map_err(CliError::Runtime)
+}
+
 /// Verifies an interval; the report as JSON. Fails (exit 1) if any check fails.
 pub async fn verify_report(a: &VerifyArgs) -> Result<Report, CliError> {
-    let pool = open_ro(&a.db).await?;
     let chain = match (&a.rpc, &a.contract) {
         (Some(rpc), Some(c)) => Some((
             Chain::http(rpc, Duration::from_secs(10)).map_err(usage)?,
@@ -147,16 +195,33 @@ pub async fn verify_report(a: &VerifyArgs) -> Result<Report, CliError> {
         (None, None) => None,
         _ => return Err(CliError::Usage("--rpc and --contract go together".into())),
     };
-    let rep = verify_interval(
-        &pool,
-        IntervalId(a.interval),
-        a.interval_ms,
-        chain.as_ref().map(|(c, a)| (c, *a)),
-    )
-    .await
-    .map_err(runtime)?;
-    pool.close().await;
-    Ok(rep)
+    let chain = chain.as_ref().map(|(c, a)| (c, *a));
+    match (&a.api, &a.db) {
+        (Some(api), _) => {
+            let p = fetch_published(api, a.interval).await?;
+            if p.interval != a.interval {
+                return Err(CliError::Runtime(anyhow::anyhow!(
+                    "{api} answered for interval {} instead of {}",
+                    p.interval,
+                    a.interval
+                )));
+            }
+            verify_published(&p, a.interval_ms, chain)
+                .await
+                .map_err(runtime)
+        }
+        (None, Some(db)) => {
+            let pool = open_ro(db).await?;
+            let rep = verify_interval(&pool, IntervalId(a.interval), a.interval_ms, chain)
+                .await
+                .map_err(runtime)?;
+            pool.close().await;
+            Ok(rep)
+        }
+        (None, None) => Err(CliError::Usage(
+            "verify needs --api URL (the engine's dashboard) or --db FILE".into(),
+        )),
+    }
 }
 
 /// `voltshare verify`.
@@ -185,9 +250,15 @@ pub struct ProofArgs {
     /// The interval's start, Unix ms.
     #[arg(long)]
     pub interval: Option<u64>,
-    /// The engine's database (opened read-only).
+    /// The engine's dashboard (`http://host:port`).
+    #[arg(long, conflicts_with = "db")]
+    pub api: Option<String>,
+    /// Or the engine's database (opened read-only).
     #[arg(long)]
     pub db: Option<PathBuf>,
+    /// The engine's interval length, ms (with --db).
+    #[arg(long, default_value_t = 900_000)]
+    pub interval_ms: u64,
     /// Write the bundle here instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -205,20 +276,37 @@ pub enum ProofCommand {
     },
 }
 
+/// Where a proof's inputs come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The engine's dashboard API.
+    Api(String),
+    /// The engine's database, with its interval length.
+    Db(PathBuf, u64),
+}
+
 /// Builds a household's proof bundle.
 pub async fn build_proof(
-    db: &Path,
+    source: &Source,
     household: &str,
     interval: u64,
 ) -> Result<ProofBundle, CliError> {
     let h =
         HouseholdId::new(household).map_err(|e| CliError::Usage(format!("--household: {e}")))?;
-    let pool = open_ro(db).await?;
-    let b = proof_bundle(&pool, &h, IntervalId(interval))
-        .await
-        .map_err(runtime)?;
-    pool.close().await;
-    Ok(b)
+    match source {
+        Source::Api(api) => {
+            let p = fetch_published(api, interval).await?;
+            proof_from_published(&p, &h).map_err(runtime)
+        }
+        Source::Db(db, interval_ms) => {
+            let pool = open_ro(db).await?;
+            let b = proof_bundle(&pool, &h, IntervalId(interval), *interval_ms)
+                .await
+                .map_err(runtime)?;
+            pool.close().await;
+            Ok(b)
+        }
+    }
 }
 
 /// `voltshare proof`.
@@ -236,12 +324,18 @@ pub fn proof(a: ProofArgs) -> Result<(), CliError> {
             Err(CliError::Runtime(anyhow::anyhow!("proof does not verify")))
         };
     }
-    let (Some(h), Some(i), Some(db)) = (a.household, a.interval, a.db) else {
+    let source = match (a.api, a.db) {
+        (Some(api), _) => Some(Source::Api(api)),
+        (None, Some(db)) => Some(Source::Db(db, a.interval_ms)),
+        (None, None) => None,
+    };
+    let (Some(h), Some(i), Some(source)) = (a.household, a.interval, source) else {
         return Err(CliError::Usage(
-            "proof needs --household, --interval and --db (or: proof verify FILE)".into(),
+            "proof needs --household, --interval and --api URL (or --db FILE); or: proof verify FILE"
+                .into(),
         ));
     };
-    let b = rt()?.block_on(build_proof(&db, &h, i))?;
+    let b = rt()?.block_on(build_proof(&source, &h, i))?;
     let json = serde_json::to_string_pretty(&b).map_err(runtime)?;
     match a.out {
         Some(p) => std::fs::write(&p, json)

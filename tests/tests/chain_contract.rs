@@ -83,6 +83,7 @@ async fn contract_settles_once_per_interval_and_guards_its_roles() {
         &chain,
         d.contract,
         &[(a.address(), 300), (b.address(), -350), (util, 50)],
+        &[],
     )
     .await
     .expect("plan");
@@ -239,15 +240,19 @@ async fn contract_settles_once_per_interval_and_guards_its_roles() {
             Err(EvmError::Reverted { .. })
         ));
     }
-    // A new account at the next index works, and a deposit made before
-    // its registration moves into its balance.
+    // A new account at the next index works (naming a registered one at
+    // its own index again is a no-op), and a deposit made before its
+    // registration moves into its balance.
     let late = Address::repeat_byte(0x42);
     clearing::evm::fund_test_accounts(&chain, &dev_key(0), &d, &[late], 70)
         .await
         .expect("deposit");
     assert_eq!(chain.balance_of(d.contract, late).await.expect("bal"), 70);
     let with_late = SettleInput {
-        registrations: vec![registration_word(3, late)],
+        registrations: vec![
+            registration_word(0, a.address()),
+            registration_word(3, late),
+        ],
         ..by_index(&[(3, -100), (2, 100)])
     };
     let l = call(grid, 9, with_late);
@@ -311,7 +316,11 @@ async fn contract_settles_once_per_interval_and_guards_its_roles() {
         .await
         .expect("settles again");
 
-    // Withdrawals: up to the positive balance, in tokens.
+    // Withdrawals: up to the positive balance, in tokens. A fresh provider:
+    // the refused `pause` above may have taken a nonce in the old one's
+    // cache (alloy fills nonce and gas concurrently), and a transaction
+    // behind that gap would never be mined.
+    let as_a = VoltshareSettlement::new(d.contract, chain.operator(&a).expect("p"));
     let before = chain
         .token_balance(d.token, a.address())
         .await

@@ -301,6 +301,113 @@ async fn a_reorg_that_removes_a_settled_batch_is_detected_and_it_settles_again_o
     engine.shutdown().await.expect("shutdown");
 }
 
+/// A reorg deeper than the confirmation depth removes batches that were
+/// already `final`: the audit of final batches (every round, within
+/// `audit_blocks` of the head) notices that their blocks left the canonical
+/// chain, broadcasts their stored transactions again (same nonces), and
+/// each batch settles exactly once more, with no new nonce.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_reorg_that_removes_final_batches_is_detected_and_they_settle_again_once() {
+    let anvil = anvil(&[]);
+    let chain = chain(&anvil);
+    let d = deploy_all(&chain).await;
+    let homes = homes();
+    fund(&chain, &d, &homes).await;
+    let dir = TempDir::new("deep-reorg");
+    let grid = unique_grid("deepreorg");
+    let clock = Arc::new(ManualClock::new(UnixMs(I1 - 120_000)));
+    let mut cfg = config(&grid, dir.path(), &homes, &d, &anvil.endpoint());
+    let confirmations = 2;
+    if let Some(evm) = cfg.evm.as_mut() {
+        evm.confirmations = confirmations;
+    }
+    let engine = start(cfg, clock.clone()).await;
+    let pool = engine.pool();
+    let mut gw = Gateway::connect(&grid).await;
+    let mut market = Market {
+        grid: grid.clone(),
+        homes: homes.clone(),
+        seq: 0,
+    };
+    run_intervals(&clock, &mut gw, &mut market, 0, 2).await;
+    let last = Market::interval(1).0 as i64;
+    let p = pool.clone();
+    let c = chain.clone();
+    eventually(60, "every batch final", || {
+        let (p, c) = (p.clone(), c.clone());
+        async move {
+            mine(&c, 1).await;
+            let s = statuses(&p).await;
+            s.iter().any(|(i, _, _)| *i == last) && s.iter().all(|(_, st, _)| st == "final")
+        }
+    })
+    .await;
+    let before: Vec<(i64, i64, String)> = sqlx::query_as(
+        "SELECT interval_start, block_number, block_hash FROM settlements ORDER BY seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("rows");
+    let first_block = before.iter().map(|r| r.1).min().expect("rows") as u64;
+    let head = chain.block_number().await.expect("head");
+    let depth = head - first_block + 1;
+    assert!(
+        depth > confirmations,
+        "the reorg is deeper than the confirmation depth ({depth} blocks)"
+    );
+    chain
+        .raw("anvil_reorg", json!([depth, []]))
+        .await
+        .expect("reorg");
+    for (interval, bn, hash) in &before {
+        let now = chain.block_hash(*bn as u64).await.expect("block");
+        assert_ne!(
+            now.map(|h| h.to_string()).as_ref(),
+            Some(hash),
+            "the reorg replaced interval {interval}'s block"
+        );
+    }
+    let p = pool.clone();
+    let c = chain.clone();
+    let (dd, g) = (d.clone(), grid.clone());
+    eventually(60, "both batches final again, each settled once", || {
+        let (p, c, dd, g) = (p.clone(), c.clone(), dd.clone(), g.clone());
+        async move {
+            mine(&c, 1).await;
+            let s = statuses(&p).await;
+            let mut once = true;
+            for (i, _, _) in &s {
+                once &= settled_events(&c, &dd, &g, *i as u64).await == 1;
+            }
+            once && s.iter().all(|(_, st, _)| st == "final")
+        }
+    })
+    .await;
+    let after: Vec<(i64, i64, String)> = sqlx::query_as(
+        "SELECT interval_start, block_number, block_hash FROM settlements ORDER BY seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("rows");
+    for ((i, _, old), (_, bn, new)) in before.iter().zip(&after) {
+        assert_ne!(old, new, "interval {i} was re-recorded in its new block");
+        let canonical = chain.block_hash(*bn as u64).await.expect("block");
+        assert_eq!(canonical.map(|h| h.to_string()).as_ref(), Some(new));
+    }
+    // Same transactions, same nonces: nothing signed anew.
+    let signed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM evm_txs")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(
+        signed as usize,
+        after.len(),
+        "no new transaction was signed"
+    );
+    assert_exactly_once(&chain, &d, &grid, &pool, &homes).await;
+    engine.shutdown().await.expect("shutdown");
+}
+
 /// A TCP proxy that can be cut and restored on the same port.
 struct Proxy {
     port: u16,

@@ -1,13 +1,15 @@
-//! `voltshare verify` and `voltshare proof`, on a real Anvil: an interval
-//! settled through the engine verifies against the chain; it fails when one
-//! stored order, one reading or one trade is altered (each alteration undone
-//! before the next); a household's proof bundle verifies offline and fails
-//! when tampered with.
+//! `voltshare verify` and `voltshare proof`, on a real Anvil, against the
+//! engine's HTTP API (the dashboard's `/api/published/{interval}`, served
+//! by the real router on a loopback port) and the chain's RPC: an interval
+//! settled through the engine verifies; it fails when one stored order, one
+//! reading or one trade is altered under the engine (each alteration undone
+//! before the next); the `--db` path agrees; a household's proof bundle,
+//! built from the API, verifies offline and fails when tampered with.
 
 mod chain_common;
 
 use chain_common::*;
-use controller::chain_cli::{VerifyArgs, build_proof, verify_report};
+use controller::chain_cli::{Source, VerifyArgs, build_proof, verify_report};
 use protocol::{ManualClock, Side, UnixMs};
 use std::sync::Arc;
 
@@ -53,22 +55,48 @@ async fn verify_passes_and_catches_one_altered_order_reading_or_trade() {
         }
     })
     .await;
-    engine.shutdown().await.expect("shutdown");
+    // The engine's dashboard API, as `voltshare run` serves it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let api = format!("http://{}", listener.local_addr().expect("addr"));
+    let app = web::app(web::AppState::new(engine.read_model(), grid.as_str(), LEN));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let args = VerifyArgs {
         interval: target as u64,
-        db: db.clone(),
+        api: Some(api.clone()),
+        db: None,
         interval_ms: LEN,
         rpc: Some(anvil.endpoint()),
         contract: Some(d.contract.to_string()),
     };
     let rep = verify_report(&args).await.expect("verify runs");
     assert!(rep.ok, "{rep:#?}");
-    assert!(
-        rep.checks
-            .iter()
-            .any(|c| c.name == "roots on chain" && c.ok)
-    );
+    for name in [
+        "roots on chain",
+        "roots in the settlement event",
+        "batch signed by the engine",
+    ] {
+        assert!(
+            rep.checks.iter().any(|c| c.name == name && c.ok),
+            "{name}: {rep:#?}"
+        );
+    }
+    // The database path gives the same report.
+    let by_db = VerifyArgs {
+        api: None,
+        db: Some(db.clone()),
+        ..args.clone()
+    };
+    assert_eq!(verify_report(&by_db).await.expect("verify runs"), rep);
+    // An interval that was never cleared: a clear error, not a pass.
+    let missing = VerifyArgs {
+        interval: 1_000,
+        ..args.clone()
+    };
+    let err = verify_report(&missing).await.expect_err("not cleared");
+    assert!(format!("{err:?}").contains("not cleared"), "{err:?}");
 
     let edit = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
         .await
@@ -182,8 +210,17 @@ async fn verify_passes_and_catches_one_altered_order_reading_or_trade() {
     assert!(verify_report(&args).await.expect("verify").ok, "restored");
     edit.close().await;
 
-    // Proofs: a household's bundle verifies offline, pinned to its key.
-    let bundle = build_proof(&db, "b1", target as u64).await.expect("proof");
+    // Proofs: a household's bundle, from the API, verifies offline, pinned
+    // to its key; the database path builds the same bundle.
+    let bundle = build_proof(&Source::Api(api.clone()), "b1", target as u64)
+        .await
+        .expect("proof");
+    assert_eq!(
+        build_proof(&Source::Db(db.clone(), LEN), "b1", target as u64)
+            .await
+            .expect("proof"),
+        bundle
+    );
     assert!(
         !bundle.orders.is_empty() && !bundle.trades.is_empty(),
         "{bundle:?}"
@@ -207,4 +244,6 @@ async fn verify_passes_and_catches_one_altered_order_reading_or_trade() {
         !clearing::evm::verify::verify_bundle(&bad, None, None).ok,
         "tampered transfer"
     );
+    server.abort();
+    engine.shutdown().await.expect("shutdown");
 }

@@ -33,6 +33,7 @@ mod error;
 pub mod market;
 pub mod mine;
 pub mod openapi;
+pub mod published;
 pub mod params;
 pub mod routes;
 mod state;

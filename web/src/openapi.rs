@@ -3,7 +3,9 @@
 //! `/api/openapi.json`. A test checks that every API route of
 //! [`crate::routes::ROUTES`] is documented, so the two lists cannot drift.
 
-use crate::{accounts, api, auth, error, market, mine, params, state, stream, summary};
+use crate::{
+    accounts, api, auth, error, market, mine, params, published, state, stream, summary,
+};
 use axum::{
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
@@ -36,6 +38,7 @@ use utoipa::OpenApi;
         market::order_book,
         market::interval_detail,
         market::verify,
+        published::published,
         mine::readings,
         mine::orders,
         mine::trades,

@@ -25,7 +25,9 @@
 //! besides.
 
 use crate::accounts::{Account, Role};
-use crate::{AppError, AppState, api, assets, auth, market, mine, openapi, params, stream};
+use crate::{
+    AppError, AppState, api, assets, auth, market, mine, openapi, params, published, stream,
+};
 use axum::{
     Router,
     extract::{FromRequestParts, RawPathParams, Request, State},
@@ -96,6 +98,12 @@ pub static ROUTES: &[RouteSpec] = &[
         "/api/intervals/{interval}/verify",
         Aggregate,
         get(market::verify)
+    ),
+    route!(
+        GET,
+        "/api/published/{interval}",
+        Aggregate,
+        get(published::published)
     ),
     route!(GET, "/api/settlements", Aggregate, get(api::settlements)),
     route!(GET, "/api/market/book", Aggregate, get(market::order_book)),

@@ -141,7 +141,7 @@ pub async fn settlement_gas(
     let warm = SettleInput {
         entries: Default::default(),
         count: 0,
-        ..plan_input(chain, d.contract, &amounts).await?
+        ..plan_input(chain, d.contract, &amounts, &[]).await?
     };
     settle_direct(
         chain,
@@ -150,7 +150,7 @@ pub async fn settlement_gas(
         settle_call(&grid, first.interval, &first, warm),
     )
     .await?;
-    let input = plan_input(chain, d.contract, &amounts).await?;
+    let input = plan_input(chain, d.contract, &amounts, &[]).await?;
     if !input.registrations.is_empty() {
         return Err(EvmError::Node(
             "benchmark accounts were not registered".into(),

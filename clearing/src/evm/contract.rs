@@ -83,7 +83,7 @@ pub fn encode_entries(entries: &[(u16, i64)]) -> Result<Bytes, EvmError> {
 /// Unpacks `entries` (the inverse of [`encode_entries`]); `None` if the
 /// length is not a multiple of 8.
 pub fn parse_entries(bytes: &[u8]) -> Option<Vec<(u16, i64)>> {
-    if bytes.len() % 8 != 0 {
+    if !bytes.len().is_multiple_of(8) {
         return None;
     }
     bytes
@@ -121,42 +121,58 @@ pub struct SettleInput {
 }
 
 /// Encodes `accounts` (address and signed amount, in batch order) against
-/// the registry as the chain holds it now: known accounts by their index,
-/// new ones registered at the next free indexes. The contract refuses a
-/// registration whose index is no longer the next free one, so an input
-/// planned against a registry that changed before it was mined reverts
-/// instead of paying the wrong account.
+/// the registry as the chain holds it now: known accounts by their index.
+/// If any is new, the batch registers every unregistered account of
+/// `universe` (the engine's whole account list, in a fixed order) and then
+/// the batch's remaining new ones, at the next free indexes: batches
+/// planned from the same registry while earlier ones are still in flight
+/// thus assign the same indexes, and the contract takes a repeated
+/// registration at the same index as a no-op. It refuses a registration
+/// whose index is no longer right, so an input planned against a registry
+/// that changed otherwise reverts instead of paying the wrong account.
 pub async fn plan_input(
     chain: &Chain,
     contract: Address,
     accounts: &[(Address, i64)],
+    universe: &[Address],
 ) -> Result<SettleInput, EvmError> {
-    let addrs: Vec<Address> = accounts.iter().map(|a| a.0).collect();
-    let (next, known) = chain.account_indexes(contract, addrs).await?;
-    let mut next = next;
-    let mut registrations = Vec::new();
-    let mut new_index: BTreeMap<Address, u16> = BTreeMap::new();
-    let mut entries = Vec::with_capacity(accounts.len());
-    for ((account, amount), known) in accounts.iter().zip(known) {
-        let index = match known {
-            Some(i) => i,
-            None => match new_index.get(account) {
-                Some(i) => *i,
-                None => {
-                    let i = u16::try_from(next).map_err(|_| {
-                        EvmError::Config(format!(
-                            "the contract's account registry is full ({next} accounts)"
-                        ))
-                    })?;
-                    next += 1;
-                    registrations.push(registration_word(i, *account));
-                    new_index.insert(*account, i);
-                    i
-                }
-            },
-        };
-        entries.push((index, *amount));
+    let mut order: Vec<Address> = Vec::with_capacity(universe.len() + accounts.len());
+    for a in universe.iter().chain(accounts.iter().map(|(a, _)| a)) {
+        if !order.contains(a) {
+            order.push(*a);
+        }
     }
+    let (mut next, known) = chain.account_indexes(contract, order.clone()).await?;
+    let mut index: BTreeMap<Address, u16> = order
+        .iter()
+        .zip(&known)
+        .filter_map(|(a, k)| k.map(|k| (*a, k)))
+        .collect();
+    let mut registrations = Vec::new();
+    if accounts.iter().any(|(a, _)| !index.contains_key(a)) {
+        for a in &order {
+            if index.contains_key(a) {
+                continue;
+            }
+            let i = u16::try_from(next).map_err(|_| {
+                EvmError::Config(format!(
+                    "the contract's account registry is full ({next} accounts)"
+                ))
+            })?;
+            next += 1;
+            registrations.push(registration_word(i, *a));
+            index.insert(*a, i);
+        }
+    }
+    let entries: Vec<(u16, i64)> = accounts
+        .iter()
+        .map(|(a, amount)| {
+            index
+                .get(a)
+                .map(|i| (*i, *amount))
+                .ok_or_else(|| EvmError::Config(format!("account {a} has no registry index")))
+        })
+        .collect::<Result<_, _>>()?;
     Ok(SettleInput {
         registrations,
         count: entries.len(),

@@ -23,10 +23,11 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 ///   of a batch is then 8 bytes of calldata (index, debit flag, 47-bit
 ///   magnitude) instead of a 32-byte word with a 20-byte address. An index
 ///   never changes once assigned, and only `settle` assigns them, with the
-///   index written out: a registration whose index is not the next free one
-///   reverts, so a batch signed against a registry that has since changed
-///   (another batch got there first, a reorg) cannot credit the wrong
-///   account; the engine rebuilds it.
+///   index written out: a registration whose index is neither the next
+///   free one nor the one the account already holds reverts, so a batch
+///   signed against a registry that has since changed (another batch got
+///   there first, a reorg) cannot credit the wrong account; the engine
+///   rebuilds it.
 /// - **Two balances per storage slot.** Balances are `int128`, the pair
 ///   (2k, 2k+1) shares slot k. The first balance of a slot that a batch
 ///   touches costs a cold read and a write (5,000 gas); the second costs
@@ -189,20 +190,26 @@ contract VoltshareSettlement is AccessControl, Pausable, ReentrancyGuard {
         _pairs[slot] = (w & ~(LOW128 << shift)) | (uint256(uint128(int128(b))) << shift);
     }
 
+    /// Registers one account at the index the word names. Naming an account
+    /// at the index it already holds is a no-op, so batches planned against
+    /// the same registry while earlier ones are still in flight agree.
     function _register(uint256 word) private {
         address account = address(uint160(word));
         uint256 index = word >> 160;
+        uint256 held = _indexPlusOne[account];
+        if (held != 0) {
+            if (held - 1 != index) revert CannotRegister(account);
+            return;
+        }
         uint256 next = _accounts.length;
         if (index != next) revert RegistrationOutOfOrder(index, next);
-        if (account == address(0) || _indexPlusOne[account] != 0 || next >= MAX_ACCOUNTS) {
-            revert CannotRegister(account);
-        }
+        if (account == address(0) || next >= MAX_ACCOUNTS) revert CannotRegister(account);
         _accounts.push(account);
         _indexPlusOne[account] = next + 1;
-        uint256 held = _unregistered[account];
-        if (held != 0) {
+        uint256 deposited = _unregistered[account];
+        if (deposited != 0) {
             delete _unregistered[account];
-            _add(next, int256(held));
+            _add(next, int256(deposited));
         }
         emit Registered(next, account);
     }
