@@ -869,7 +869,11 @@ fn engine_role(
         clearing::ConfigError::Invalid { key, why } => err(&format!("engine.{key}"), why.clone()),
         clearing::ConfigError::BadKey { .. } => err("engine.households.public_key", e.to_string()),
         clearing::ConfigError::BrokerSecurity(b) => {
-            err(&format!("engine.broker_security.{}", b.key), b.to_string())
+            let message = match &b.file {
+                Some(f) => format!("{}: {}", f.display(), b.why),
+                None => b.why.clone(),
+            };
+            err(&format!("engine.broker_security.{}", b.key), message)
         }
     };
     config.validate().map_err(to_key)?;
@@ -1011,6 +1015,40 @@ longitude = 7.01
             assert!(e.message.contains(words), "{to}: {e}");
             assert!(e.to_string().starts_with("gw.toml:"), "{e}");
         }
+    }
+
+    /// The engine connects with the gateway's `[broker]` security unless
+    /// its section has its own, whose files are read while validating.
+    #[test]
+    fn engine_inherits_or_overrides_broker_security() {
+        let dir = std::env::temp_dir().join(format!("voltshare-cfg-sec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "secret\n").expect("password file");
+        let base = good().replacen(
+            "port = 1883",
+            &format!(
+                "port = 1883\nusername = \"h07\"\npassword_file = \"{}\"",
+                pw.display()
+            ),
+            1,
+        );
+        let text = format!("{base}\n[engine]\nenabled = true\nkey_file = \"k\"\n");
+        let cfg = check(&text).expect("engine with the broker's credentials");
+        let sec = cfg.engine.expect("engine").config.broker_security;
+        assert_eq!(sec.username.as_deref(), Some("h07"));
+        assert_eq!(sec.password_file.as_deref(), Some(pw.as_path()));
+        assert_eq!(cfg.security.settings, sec);
+
+        let text = format!(
+            "{base}\n[engine]\nenabled = true\nkey_file = \"k\"\n[engine.broker_security]\ntls = true\nca_file = \"{}\"\n",
+            dir.join("missing-ca.crt").display()
+        );
+        let e = check(&text).expect_err("missing CA of the engine");
+        assert_eq!(e.key, "engine.broker_security.ca_file", "{e}");
+        assert!(e.message.contains("missing-ca.crt"), "{e}");
+        assert!(!e.message.contains("key `"), "the key is named once: {e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
