@@ -723,9 +723,11 @@
   }
 
   var PARAM_FIELDS = ['mechanism', 'price_rule', 'feed_in_tariff', 'retail_tariff', 'grid_fee', 'capacity_wh', 'gate_lead_ms'];
+  // The form's inputs are named #p-<field> (web/tests/page.rs lists them).
+  function paramInput(f) { return document.getElementById('p-' + f); }
   function fillParamsForm(p) {
     if ($('params-form').contains(document.activeElement)) return;
-    PARAM_FIELDS.forEach(function (f) { $('p-' + f).value = p[f] === null ? '' : String(p[f]); });
+    PARAM_FIELDS.forEach(function (f) { paramInput(f).value = p[f] === null ? '' : String(p[f]); });
   }
   function loadParamsAdmin() {
     return Promise.all([getJson('/api/market/params'), getJson('/api/params/changes')]).then(function (res) {
@@ -744,7 +746,7 @@
     ev.preventDefault();
     var body = {};
     PARAM_FIELDS.forEach(function (f) {
-      var v = $('p-' + f).value.trim();
+      var v = paramInput(f).value.trim();
       if (f === 'mechanism' || f === 'price_rule') body[f] = v;
       else if (f === 'capacity_wh' && v === '') body[f] = null;
       else body[f] = Number(v);

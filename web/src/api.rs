@@ -266,6 +266,18 @@ pub(crate) async fn load_book(state: &AppState) -> Result<BookSummary, ReadError
     Ok(summary::book_summary(&intervals, &settlements, COUNT_CAP))
 }
 
+/// The gate lead for the countdown: the one in force for the next interval
+/// as the engine shows it (the operator may have changed it), else the
+/// configured one.
+fn gate_lead_ms(state: &AppState, now: u64) -> u64 {
+    let len = state.interval_ms.max(1);
+    let next = now.div_ceil(len).saturating_mul(len);
+    state
+        .read
+        .auction_params()
+        .map_or(state.gate_lead_ms, |p| p.for_interval(next).gate_lead_ms)
+}
+
 /// Combines live rows and a book summary with the state's identity and now.
 pub(crate) fn build_summary(state: &AppState, live: &[LiveRow], book: BookSummary) -> Summary {
     let now = state.clock.now();
@@ -276,7 +288,11 @@ pub(crate) fn build_summary(state: &AppState, live: &[LiveRow], book: BookSummar
         currency: state.currency.clone(),
         as_of: now.0,
         online_window_ms,
-        next_gate_closure: summary::next_gate_closure(now.0, state.interval_ms, state.gate_lead_ms),
+        next_gate_closure: summary::next_gate_closure(
+            now.0,
+            state.interval_ms,
+            gate_lead_ms(state, now.0),
+        ),
         clock_speed: state.clock.speed().max(1),
         live: summary::live_totals(live, now, online_window_ms),
         book,

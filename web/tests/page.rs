@@ -101,6 +101,25 @@ async fn page_has_every_element_the_script_needs() {
     for id in &ids {
         assert!(html.contains(&format!("id=\"{id}\"")), "page lacks #{id}");
     }
+    // The parameter form's inputs are looked up by field name.
+    for field in [
+        "mechanism",
+        "price_rule",
+        "feed_in_tariff",
+        "retail_tariff",
+        "grid_fee",
+        "capacity_wh",
+        "gate_lead_ms",
+    ] {
+        assert!(
+            js.contains(&format!("'{field}'")),
+            "script lacks field {field}"
+        );
+        assert!(
+            html.contains(&format!("id=\"p-{field}\"")),
+            "page lacks #p-{field}"
+        );
+    }
     for id in [
         "households",
         "intervals",
