@@ -17,10 +17,9 @@ use clearing::evm::alloy::rpc::types::Filter;
 use clearing::evm::alloy::sol_types::SolEvent;
 use clearing::evm::chain::Chain;
 use clearing::evm::contract::{VoltshareSettlement, grid_word};
-use protocol::{GridId, ManualClock, UnixMs};
+use protocol::{GridId, UnixMs};
 use serde_json::json;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 async fn mine(chain: &Chain, blocks: u64) {
@@ -93,53 +92,30 @@ async fn assert_exactly_once(
     );
 }
 
-/// Runs intervals `from..to` through the market (orders, boundary readings).
-async fn run_intervals(
-    clock: &ManualClock,
-    gw: &mut Gateway,
-    market: &mut Market,
-    from: u64,
-    to: u64,
-) {
-    for k in from..=to {
-        let start = Market::interval(k).0;
-        clock.set(UnixMs(start - 60_000));
-        if k < to {
-            market.orders(gw, k, start - 60_000).await;
-        }
-        clock.set(UnixMs(start));
-        market.readings(gw, k).await;
-        clock.set(UnixMs(start + 2_000));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_mining_dropped_transactions_and_a_killed_engine_settle_every_batch_once() {
-    let anvil = anvil(&[]);
-    let chain = chain(&anvil);
-    let d = deploy_all(&chain).await;
-    let homes = homes();
-    fund(&chain, &d, &homes).await;
+    let (anvil, chain, d, homes) = chain_env().await;
     chain
         .raw("evm_setAutomine", json!([false]))
         .await
         .expect("pause mining");
-    let dir = TempDir::new("faults");
-    let grid = unique_grid("faults");
-    let clock = Arc::new(ManualClock::new(UnixMs(I1 - 120_000)));
-    let mut cfg = config(&grid, dir.path(), &homes, &d, &anvil.endpoint());
-    if let Some(evm) = cfg.evm.as_mut() {
-        // Stuck transactions get their fees bumped quickly.
-        evm.bump_after_ms = 1_500;
-    }
-    let engine = start(cfg.clone(), clock.clone()).await;
-    let pool = engine.pool();
-    let mut gw = Gateway::connect(&grid).await;
-    let mut market = Market {
-        grid: grid.clone(),
-        homes: homes.clone(),
-        seq: 0,
-    };
+    let EngineEnv {
+        dir: _dir,
+        grid,
+        clock,
+        cfg,
+        engine,
+        pool,
+        mut gw,
+        mut market,
+        ..
+    } = engine_env("faults", &homes, &d, &anvil.endpoint(), |cfg| {
+        if let Some(evm) = cfg.evm.as_mut() {
+            // Stuck transactions get their fees bumped quickly.
+            evm.bump_after_ms = 1_500;
+        }
+    })
+    .await;
     run_intervals(&clock, &mut gw, &mut market, 0, 5).await;
     let p = pool.clone();
     eventually(30, "five batches submitted", || {
@@ -203,26 +179,22 @@ async fn paused_mining_dropped_transactions_and_a_killed_engine_settle_every_bat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reorg_that_removes_a_settled_batch_is_detected_and_it_settles_again_once() {
-    let anvil = anvil(&[]);
-    let chain = chain(&anvil);
-    let d = deploy_all(&chain).await;
-    let homes = homes();
-    fund(&chain, &d, &homes).await;
-    let dir = TempDir::new("reorg");
-    let grid = unique_grid("reorg");
-    let clock = Arc::new(ManualClock::new(UnixMs(I1 - 120_000)));
-    let mut cfg = config(&grid, dir.path(), &homes, &d, &anvil.endpoint());
-    if let Some(evm) = cfg.evm.as_mut() {
-        evm.confirmations = 6;
-    }
-    let engine = start(cfg, clock.clone()).await;
-    let pool = engine.pool();
-    let mut gw = Gateway::connect(&grid).await;
-    let mut market = Market {
-        grid: grid.clone(),
-        homes: homes.clone(),
-        seq: 0,
-    };
+    let (anvil, chain, d, homes) = chain_env().await;
+    let EngineEnv {
+        dir: _dir,
+        grid,
+        clock,
+        engine,
+        pool,
+        mut gw,
+        mut market,
+        ..
+    } = engine_env("reorg", &homes, &d, &anvil.endpoint(), |cfg| {
+        if let Some(evm) = cfg.evm.as_mut() {
+            evm.confirmations = 6;
+        }
+    })
+    .await;
     run_intervals(&clock, &mut gw, &mut market, 0, 2).await;
     let last = Market::interval(1).0 as i64;
     let p = pool.clone();
@@ -308,27 +280,23 @@ async fn a_reorg_that_removes_a_settled_batch_is_detected_and_it_settles_again_o
 /// each batch settles exactly once more, with no new nonce.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deep_reorg_that_removes_final_batches_is_detected_and_they_settle_again_once() {
-    let anvil = anvil(&[]);
-    let chain = chain(&anvil);
-    let d = deploy_all(&chain).await;
-    let homes = homes();
-    fund(&chain, &d, &homes).await;
-    let dir = TempDir::new("deep-reorg");
-    let grid = unique_grid("deepreorg");
-    let clock = Arc::new(ManualClock::new(UnixMs(I1 - 120_000)));
-    let mut cfg = config(&grid, dir.path(), &homes, &d, &anvil.endpoint());
+    let (anvil, chain, d, homes) = chain_env().await;
     let confirmations = 2;
-    if let Some(evm) = cfg.evm.as_mut() {
-        evm.confirmations = confirmations;
-    }
-    let engine = start(cfg, clock.clone()).await;
-    let pool = engine.pool();
-    let mut gw = Gateway::connect(&grid).await;
-    let mut market = Market {
-        grid: grid.clone(),
-        homes: homes.clone(),
-        seq: 0,
-    };
+    let EngineEnv {
+        dir: _dir,
+        grid,
+        clock,
+        engine,
+        pool,
+        mut gw,
+        mut market,
+        ..
+    } = engine_env("deepreorg", &homes, &d, &anvil.endpoint(), |cfg| {
+        if let Some(evm) = cfg.evm.as_mut() {
+            evm.confirmations = confirmations;
+        }
+    })
+    .await;
     run_intervals(&clock, &mut gw, &mut market, 0, 2).await;
     let last = Market::interval(1).0 as i64;
     let p = pool.clone();
@@ -464,33 +432,29 @@ impl Proxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_node_unreachable_auctions_go_on_and_the_backlog_settles_later() {
-    let anvil = anvil(&[]);
-    let chain = chain(&anvil);
-    let d = deploy_all(&chain).await;
-    let homes = homes();
-    fund(&chain, &d, &homes).await;
+    let (anvil, chain, d, homes) = chain_env().await;
     let mut proxy = Proxy::start(anvil.port()).await;
-    let dir = TempDir::new("outage");
-    let grid = unique_grid("outage");
-    let clock = Arc::new(ManualClock::new(UnixMs(I1 - 120_000)));
-    let mut cfg = config(
-        &grid,
-        dir.path(),
+    let EngineEnv {
+        dir: _dir,
+        grid,
+        clock,
+        engine,
+        pool,
+        mut gw,
+        mut market,
+        ..
+    } = engine_env(
+        "outage",
         &homes,
         &d,
         &format!("http://127.0.0.1:{}", proxy.port),
-    );
-    if let Some(evm) = cfg.evm.as_mut() {
-        evm.rpc_timeout_ms = 1_000;
-    }
-    let engine = start(cfg, clock.clone()).await;
-    let pool = engine.pool();
-    let mut gw = Gateway::connect(&grid).await;
-    let mut market = Market {
-        grid: grid.clone(),
-        homes: homes.clone(),
-        seq: 0,
-    };
+        |cfg| {
+            if let Some(evm) = cfg.evm.as_mut() {
+                evm.rpc_timeout_ms = 1_000;
+            }
+        },
+    )
+    .await;
     run_intervals(&clock, &mut gw, &mut market, 0, 1).await;
     let p = pool.clone();
     eventually(30, "first batch on chain", || {

@@ -7,28 +7,21 @@
 mod chain_common;
 
 use chain_common::*;
-use protocol::{ManualClock, UnixMs};
-use std::sync::Arc;
+use protocol::UnixMs;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_intervals_settle_on_chain_and_balances_equal_the_books() {
-    let anvil = anvil(&[]);
-    let chain = chain(&anvil);
-    let d = deploy_all(&chain).await;
-    let homes = homes();
-    fund(&chain, &d, &homes).await;
-    let dir = TempDir::new("settle");
-    let grid = unique_grid("settle");
-    let clock = Arc::new(ManualClock::new(UnixMs(I1 - 120_000)));
-    let cfg = config(&grid, dir.path(), &homes, &d, &anvil.endpoint());
-    let engine = start(cfg, clock.clone()).await;
-    let pool = engine.pool();
-    let mut gw = Gateway::connect(&grid).await;
-    let mut market = Market {
-        grid: grid.clone(),
-        homes: homes.clone(),
-        seq: 0,
-    };
+    let (anvil, chain, d, homes) = chain_env().await;
+    let EngineEnv {
+        dir: _dir,
+        grid,
+        clock,
+        engine,
+        pool,
+        mut gw,
+        mut market,
+        ..
+    } = engine_env("settle", &homes, &d, &anvil.endpoint(), |_| {}).await;
 
     const N: u64 = 20;
     for k in 0..=N {

@@ -10,29 +10,22 @@ mod chain_common;
 
 use chain_common::*;
 use controller::chain_cli::{Source, VerifyArgs, build_proof, verify_report};
-use protocol::{ManualClock, Side, UnixMs};
-use std::sync::Arc;
+use protocol::{Side, UnixMs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_passes_and_catches_one_altered_order_reading_or_trade() {
-    let anvil = anvil(&[]);
-    let chain = chain(&anvil);
-    let d = deploy_all(&chain).await;
-    let homes = homes();
-    fund(&chain, &d, &homes).await;
-    let dir = TempDir::new("verify");
-    let grid = unique_grid("verify");
-    let clock = Arc::new(ManualClock::new(UnixMs(I1 - 120_000)));
-    let cfg = config(&grid, dir.path(), &homes, &d, &anvil.endpoint());
-    let db = cfg.db_path.clone();
-    let engine = start(cfg, clock.clone()).await;
-    let pool = engine.pool();
-    let mut gw = Gateway::connect(&grid).await;
-    let mut market = Market {
-        grid: grid.clone(),
-        homes: homes.clone(),
-        seq: 0,
-    };
+    let (anvil, _chain, d, homes) = chain_env().await;
+    let EngineEnv {
+        dir,
+        grid,
+        clock,
+        db,
+        engine,
+        pool,
+        mut gw,
+        mut market,
+        ..
+    } = engine_env("verify", &homes, &d, &anvil.endpoint(), |_| {}).await;
     for k in 0..=2u64 {
         let start = Market::interval(k).0;
         clock.set(UnixMs(start - 60_000));

@@ -424,3 +424,88 @@ pub async fn assert_books_match_chain(
         .expect("utility balance");
     assert_eq!(u, i128::from(utility_sum), "utility balance");
 }
+
+/// A fresh Anvil with the contracts deployed and every test household's
+/// deposit made: the chain side every scenario starts from.
+pub async fn chain_env() -> (AnvilInstance, Chain, Deployment, Vec<Home>) {
+    let anvil = anvil(&[]);
+    let chain = chain(&anvil);
+    let d = deploy_all(&chain).await;
+    let homes = homes();
+    fund(&chain, &d, &homes).await;
+    (anvil, chain, d, homes)
+}
+
+/// The engine side of a scenario: an engine settling through the `evm`
+/// backend (its database in `dir`), its manual clock at two minutes before
+/// the first interval, and a gateway publishing for every household.
+pub struct EngineEnv {
+    /// Keeps the engine's directory alive.
+    pub dir: TempDir,
+    pub grid: GridId,
+    pub clock: Arc<ManualClock>,
+    /// The config the engine started with (to restart it).
+    pub cfg: EngineConfig,
+    pub db: PathBuf,
+    pub engine: EngineHandle,
+    pub pool: sqlx::SqlitePool,
+    pub gw: Gateway,
+    pub market: Market,
+}
+
+/// Starts the engine side of a scenario named `tag`, settling on `rpc`;
+/// `tune` adjusts the config first.
+pub async fn engine_env(
+    tag: &str,
+    homes: &[Home],
+    d: &Deployment,
+    rpc: &str,
+    tune: impl FnOnce(&mut EngineConfig),
+) -> EngineEnv {
+    let dir = TempDir::new(tag);
+    let grid = unique_grid(tag);
+    let clock = Arc::new(ManualClock::new(UnixMs(I1 - 120_000)));
+    let mut cfg = config(&grid, dir.path(), homes, d, rpc);
+    tune(&mut cfg);
+    let db = cfg.db_path.clone();
+    let engine = start(cfg.clone(), clock.clone()).await;
+    let pool = engine.pool();
+    let gw = Gateway::connect(&grid).await;
+    let market = Market {
+        grid: grid.clone(),
+        homes: homes.to_vec(),
+        seq: 0,
+    };
+    EngineEnv {
+        dir,
+        grid,
+        clock,
+        cfg,
+        db,
+        engine,
+        pool,
+        gw,
+        market,
+    }
+}
+
+/// Runs intervals `from..=to` through the market: orders for each but the
+/// last, the boundary readings of each, and the clock past each start.
+pub async fn run_intervals(
+    clock: &ManualClock,
+    gw: &mut Gateway,
+    market: &mut Market,
+    from: u64,
+    to: u64,
+) {
+    for k in from..=to {
+        let start = Market::interval(k).0;
+        clock.set(UnixMs(start - 60_000));
+        if k < to {
+            market.orders(gw, k, start - 60_000).await;
+        }
+        clock.set(UnixMs(start));
+        market.readings(gw, k).await;
+        clock.set(UnixMs(start + 2_000));
+    }
+}
