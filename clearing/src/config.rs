@@ -168,7 +168,11 @@ fn d_catch_up() -> u32 {
     96
 }
 fn d_batch_max() -> usize {
-    1024
+    // Per batch the engine pays one commit (the WAL pages of every meter's
+    // tail), one signed ack per household and one multiscalar
+    // multiplication per core; `voltshare bench ingest` stored 40 % more
+    // readings a second with 4096 than with 1024.
+    4096
 }
 fn d_batch_ms() -> u64 {
     5

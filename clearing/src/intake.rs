@@ -241,11 +241,11 @@ impl Intake {
             }
             let result = match c.kind {
                 Kind::Reading => {
-                    self.reading(&c, now, received_at, &mut pending, &mut out)
+                    self.reading(c, now, received_at, &mut pending, &mut out)
                         .await
                 }
                 Kind::Order => {
-                    self.order(&c, now, received_at, &mut pending, &mut out)
+                    self.order(c, now, received_at, &mut pending, &mut out)
                         .await
                 }
             };
@@ -353,7 +353,7 @@ impl Intake {
 
     async fn reading(
         &mut self,
-        c: &Candidate,
+        c: Candidate,
         now: UnixMs,
         received_at: i64,
         pending: &mut Pending,
@@ -519,7 +519,8 @@ impl Intake {
             pv_power_w: r.pv_power_w.map(|w| w.0),
             status: status_str(r.status),
             key_id: c.env.key_id.0.clone(),
-            envelope: c.raw.clone(),
+            // The candidate is ours: its wire bytes move into the row.
+            envelope: c.raw,
             digest,
             received_at,
         }))))
@@ -527,7 +528,7 @@ impl Intake {
 
     async fn order(
         &mut self,
-        c: &Candidate,
+        c: Candidate,
         now: UnixMs,
         received_at: i64,
         pending: &mut Pending,
@@ -669,7 +670,7 @@ impl Intake {
             ts,
             replaces,
             key_id: c.env.key_id.0.clone(),
-            envelope: c.raw.clone(),
+            envelope: c.raw,
             digest,
             received_at,
         })))

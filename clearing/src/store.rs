@@ -59,7 +59,16 @@ pub async fn open(path: &Path) -> Result<SqlitePool, StoreError> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(10));
+        .busy_timeout(Duration::from_secs(10))
+        // Ingest appends to the tail of every meter's range in the readings
+        // table and its index: with SQLite's default 2 MB page cache those
+        // pages are read back through `pread` (a copy from the kernel) on
+        // every batch. A 16 MB cache per connection keeps a few thousand
+        // meters' tails in memory, and reads of anything else go through a
+        // memory map instead of a copy. Durability is unchanged: writes still
+        // go through the WAL with `synchronous=FULL`.
+        .pragma("cache_size", "-16384")
+        .pragma("mmap_size", "268435456");
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
         .connect_with(opts)

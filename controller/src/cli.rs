@@ -256,8 +256,8 @@ pub struct IngestArgs {
     /// drop QoS 1 beyond a subscriber's queue: Mosquitto's is 1000).
     #[arg(long, default_value_t = 500)]
     pub window: usize,
-    /// The engine's intake batch size (`batch_max`).
-    #[arg(long, default_value_t = 1024)]
+    /// The engine's intake batch size (`batch_max`; the engine's default).
+    #[arg(long, default_value_t = 4096)]
     pub batch: usize,
 }
 
