@@ -708,10 +708,14 @@ fn intake_rules(s: &Shared, gate_lead_ms: u64) -> IntakeRules {
 /// After an operator changed the gate lead, the intake's lead follows
 /// [`crate::params::ParamSchedule::intake_lead`]; the intake is rebuilt with
 /// it (its caches refill from the store). Nothing to do, and no query, while
-/// the configured set is the only one.
+/// every set has the same lead.
 async fn follow_gate_lead(s: &Shared, intake: &mut Intake, lead: &mut u64) {
     let schedule = s.params.get();
-    if schedule.changes().is_empty() {
+    let same = |l: u64| l == *lead;
+    if same(schedule.base().gate_lead_ms)
+        && schedule.changes().iter().all(|c| same(c.new.gate_lead_ms))
+    {
+        // Every set has the intake's lead: nothing can change it.
         return;
     }
     let first = match book::last_cleared(&s.pool).await {
