@@ -516,6 +516,14 @@ impl ReadModel for EngineReadModel {
         interval_ms: u64,
     ) -> ReadFuture<'_, Option<crate::read::PublishedInterval>> {
         Box::pin(async move {
+            // An interval whose end does not fit the database's integers was
+            // never cleared (and must not reach a query as a bad bind).
+            let fits = interval_start
+                .checked_add(interval_ms)
+                .is_some_and(|end| i64::try_from(end).is_ok());
+            if !fits {
+                return Ok(None);
+            }
             crate::evm::verify::published(
                 &self.pool,
                 protocol::IntervalId(interval_start),
