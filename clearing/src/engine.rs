@@ -176,9 +176,10 @@ pub async fn start_engine(
     );
     opts.set_keep_alive(Duration::from_secs(10))
         .set_clean_session(false)
-        // Larger than any valid envelope, so that an oversized message is
-        // counted and refused here instead of breaking the connection.
-        .set_max_packet_size(256 * 1024, 256 * 1024)
+        // Larger than any valid envelope (results are the largest), so that
+        // an oversized message is counted and refused here instead of
+        // breaking the connection.
+        .set_max_packet_size(protocol::MAX_PACKET_BYTES, protocol::MAX_PACKET_BYTES)
         .set_last_will(LastWill::new(status_topic, offline, QoS::AtLeastOnce, true));
     security.apply(&mut opts);
     let (client, event_loop) = AsyncClient::new(opts, 10_000);

@@ -685,7 +685,7 @@ async fn verify(pool: &SqlitePool, interval_start: u64) -> Result<Option<VerifyR
     );
 
     // 3. The engine's signature on the published result.
-    let result_ok = SignedEnvelope::decode(&stored.envelope)
+    let result_ok = SignedEnvelope::decode_for(Domain::Result, &stored.envelope)
         .ok()
         .is_some_and(|env| {
             engine_key(&env.key_id.0).is_some_and(|k| env.verify(Domain::Result, &k).is_ok())
@@ -736,11 +736,13 @@ async fn verify(pool: &SqlitePool, interval_start: u64) -> Result<Option<VerifyR
                 parsed.as_ref().is_some_and(SettlementBatch::balances),
                 "transfers and the utility's share sum to zero".into(),
             );
-            let sig_ok = SignedEnvelope::decode(&signature).ok().is_some_and(|env| {
-                env.payload == json.as_bytes()
-                    && engine_key(&env.key_id.0)
-                        .is_some_and(|k| env.verify(Domain::Batch, &k).is_ok())
-            });
+            let sig_ok = SignedEnvelope::decode_for(Domain::Batch, &signature)
+                .ok()
+                .is_some_and(|env| {
+                    env.payload == json.as_bytes()
+                        && engine_key(&env.key_id.0)
+                            .is_some_and(|k| env.verify(Domain::Batch, &k).is_ok())
+                });
             checks.add(
                 "batch_signature",
                 sig_ok,

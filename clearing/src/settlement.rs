@@ -689,7 +689,7 @@ pub async fn verify_ledger_on(conn: &mut SqliteConnection) -> Result<usize, Ledg
         if i64::try_from(batch.transfers.len()).ok() != Some(*households) {
             return Err(broken("household count disagrees with the batch".into()));
         }
-        let env = SignedEnvelope::decode(signature)
+        let env = SignedEnvelope::decode_for(Domain::Batch, signature)
             .map_err(|e| broken(format!("signature envelope: {e}")))?;
         let key = engine_keys
             .get(&env.key_id.0)

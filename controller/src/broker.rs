@@ -24,6 +24,7 @@ pub fn start_embedded() -> Result<SocketAddr, BrokerError> {
         .map_err(BrokerError::Port)?
         .port();
     let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+    let max_payload = protocol::MAX_PACKET_BYTES;
     let toml = format!(
         r#"
 id = 0
@@ -40,7 +41,7 @@ listen = "{addr}"
 next_connection_delay_ms = 1
     [v4.1.connections]
     connection_timeout_ms = 60000
-    max_payload_size = 65536
+    max_payload_size = {max_payload}
     max_inflight_count = 500
     dynamic_filters = true
 "#

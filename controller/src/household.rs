@@ -142,6 +142,9 @@ pub async fn run_controller_with(
         cfg.broker_port,
     );
     opts.set_keep_alive(Duration::from_secs(10));
+    // Clearing results grow with the interval's trades, past the 10 KiB
+    // default; a result the client could not take would break the session.
+    opts.set_max_packet_size(protocol::MAX_PACKET_BYTES, protocol::MAX_PACKET_BYTES);
     opts.set_clean_session(false);
     if let Err(e) = cfg.security.apply(&mut opts) {
         // Validated before start-up; a file that vanished since is a
@@ -325,7 +328,7 @@ const HISTORY_MS: u64 = 8 * 86_400_000;
 
 /// The clearing result in `payload`, if it verifies against the engine key.
 fn verified_result(payload: &[u8], engine_key: &VerifyingKey) -> Option<ClearingResult> {
-    let env = SignedEnvelope::decode(payload).ok()?;
+    let env = SignedEnvelope::decode_for(Domain::Result, payload).ok()?;
     env.verify(Domain::Result, engine_key).ok()?;
     decode_payload::<ClearingResult>(&env.payload).ok()
 }

@@ -30,13 +30,29 @@ use sha2::{Digest, Sha256, Sha512};
 use std::collections::HashMap;
 use std::fmt;
 
-/// Largest payload accepted, in bytes.
+/// Largest payload of a message a household signs (readings, orders,
+/// enrolment requests) and of an ack, in bytes.
 pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
-/// Largest envelope accepted, in bytes (checked before any parsing).
-pub const MAX_ENVELOPE_BYTES: usize = 2 + 64 + 64 + MAX_PAYLOAD_BYTES;
+/// Largest envelope accepted from a household, in bytes (checked before any
+/// parsing).
+pub const MAX_ENVELOPE_BYTES: usize = envelope_cap(MAX_PAYLOAD_BYTES);
+/// Largest payload of what the engine signs for everyone to read: clearing
+/// results and settlement batches. They grow with the interval's trades and
+/// the grid's households (a result of 100 trades is already ~16 KiB), and
+/// they come only from the engine's key, so their cap is set for size, not
+/// for hostile input: about 25,000 trades per interval.
+pub const MAX_ENGINE_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
+/// The MQTT packet size every Voltshare client and the embedded broker
+/// accept: the largest envelope plus room for the topic and headers. An
+/// oversized household message then reaches the engine and is counted and
+/// refused by the envelope cap instead of breaking a connection.
+pub const MAX_PACKET_BYTES: usize = envelope_cap(MAX_ENGINE_PAYLOAD_BYTES) + 4 * 1024;
 const VERSION: u8 = 1;
 const SIG_LEN: usize = 64;
 
+const fn envelope_cap(payload: usize) -> usize {
+    2 + 64 + SIG_LEN + payload
+}
 /// What kind of message a signature is for. The tag is part of the signed
 /// bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -72,6 +88,14 @@ impl Domain {
             Domain::Enrolment => "voltshare/enrolment/v1",
         }
     }
+
+    /// The largest payload signed or accepted for this kind of message.
+    pub fn max_payload(self) -> usize {
+        match self {
+            Domain::Result | Domain::Batch => MAX_ENGINE_PAYLOAD_BYTES,
+            Domain::Reading | Domain::Order | Domain::Ack | Domain::Enrolment => MAX_PAYLOAD_BYTES,
+        }
+    }
 }
 
 /// A key identifier: the first 8 bytes of SHA-256 of the public key, in hex.
@@ -96,7 +120,7 @@ impl fmt::Display for KeyId {
 /// Why an envelope was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeError {
-    #[error("envelope is {0} bytes, more than the {MAX_ENVELOPE_BYTES}-byte limit")]
+    #[error("envelope is {0} bytes, more than the size limit")]
     Oversized(usize),
     #[error("envelope is truncated")]
     Truncated,
@@ -104,7 +128,7 @@ pub enum EnvelopeError {
     BadVersion(u8),
     #[error("key id is malformed")]
     BadKeyId,
-    #[error("payload is {0} bytes, more than the {MAX_PAYLOAD_BYTES}-byte limit")]
+    #[error("payload is {0} bytes, more than the size limit")]
     PayloadTooLarge(usize),
     #[error("signature does not verify")]
     BadSignature,
@@ -133,9 +157,10 @@ fn signed_bytes(domain: Domain, key_id: &KeyId, payload: &[u8]) -> Vec<u8> {
 
 impl SignedEnvelope {
     /// Signs `payload` for `domain` with `key`. The key id is derived from the
-    /// key. Fails only if the payload is larger than [`MAX_PAYLOAD_BYTES`].
+    /// key. Fails only if the payload is larger than the domain's
+    /// [`Domain::max_payload`].
     pub fn sign(domain: Domain, key: &SigningKey, payload: Vec<u8>) -> Result<Self, EnvelopeError> {
-        if payload.len() > MAX_PAYLOAD_BYTES {
+        if payload.len() > domain.max_payload() {
             return Err(EnvelopeError::PayloadTooLarge(payload.len()));
         }
         let key_id = KeyId::of(&key.verifying_key());
@@ -171,9 +196,21 @@ impl SignedEnvelope {
         out
     }
 
-    /// Parses wire bytes. The size cap is checked first.
+    /// Parses wire bytes of a household's message or an ack (the
+    /// [`MAX_ENVELOPE_BYTES`] cap is checked first).
     pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        if bytes.len() > MAX_ENVELOPE_BYTES {
+        Self::decode_capped(bytes, MAX_PAYLOAD_BYTES)
+    }
+
+    /// Parses wire bytes of a message of `domain`, capped at that domain's
+    /// [`Domain::max_payload`]: how clearing results and settlement batches,
+    /// which may be larger than any household message, are read.
+    pub fn decode_for(domain: Domain, bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        Self::decode_capped(bytes, domain.max_payload())
+    }
+
+    fn decode_capped(bytes: &[u8], max_payload: usize) -> Result<Self, EnvelopeError> {
+        if bytes.len() > envelope_cap(max_payload) {
             return Err(EnvelopeError::Oversized(bytes.len()));
         }
         let (&version, rest) = bytes.split_first().ok_or(EnvelopeError::Truncated)?;
@@ -194,7 +231,7 @@ impl SignedEnvelope {
         let (sig, payload) = rest.split_at(SIG_LEN);
         let mut signature = [0u8; SIG_LEN];
         signature.copy_from_slice(sig);
-        if payload.len() > MAX_PAYLOAD_BYTES {
+        if payload.len() > max_payload {
             return Err(EnvelopeError::PayloadTooLarge(payload.len()));
         }
         Ok(SignedEnvelope {
@@ -420,6 +457,47 @@ mod tests {
         assert!(
             SignedEnvelope::sign(Domain::Order, &key(1), vec![0; MAX_PAYLOAD_BYTES + 1]).is_err()
         );
+    }
+
+    #[test]
+    fn results_and_batches_may_be_larger_than_household_messages() {
+        let k = key(4);
+        let vk = k.verifying_key();
+        // A result of a few thousand trades: over the household cap.
+        let big = vec![b'x'; 200 * 1024];
+        for d in [Domain::Result, Domain::Batch] {
+            let env = SignedEnvelope::sign(d, &k, big.clone()).expect("engine kinds sign large");
+            let wire = env.encode();
+            // Read as what it is, it decodes and verifies...
+            let back = SignedEnvelope::decode_for(d, &wire).expect("decode_for");
+            back.verify(d, &vk).expect("verifies");
+            // ...but never through the household cap the intake uses.
+            assert_eq!(
+                SignedEnvelope::decode(&wire),
+                Err(EnvelopeError::Oversized(wire.len()))
+            );
+            assert!(SignedEnvelope::sign(d, &k, vec![0; MAX_ENGINE_PAYLOAD_BYTES + 1]).is_err());
+        }
+        for d in [
+            Domain::Reading,
+            Domain::Order,
+            Domain::Ack,
+            Domain::Enrolment,
+        ] {
+            assert!(SignedEnvelope::sign(d, &k, big.clone()).is_err(), "{d:?}");
+            assert_eq!(d.max_payload(), MAX_PAYLOAD_BYTES);
+        }
+        // A household message cannot be smuggled in as large under a
+        // household domain read with decode_for.
+        let mut wire = SignedEnvelope::sign(Domain::Result, &k, big)
+            .expect("sign")
+            .encode();
+        assert!(matches!(
+            SignedEnvelope::decode_for(Domain::Order, &wire),
+            Err(EnvelopeError::Oversized(_))
+        ));
+        wire.truncate(10);
+        assert!(SignedEnvelope::decode_for(Domain::Result, &wire).is_err());
     }
 
     #[test]

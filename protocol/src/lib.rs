@@ -19,8 +19,8 @@ pub mod units;
 pub use broker_security::{BrokerSecurity, BrokerSecurityError, CheckedSecurity};
 pub use clock::{Clock, ManualClock, ScaledClock, Stopwatch, SystemClock};
 pub use envelope::{
-    Domain, EnvelopeError, KeyId, MAX_ENVELOPE_BYTES, MAX_PAYLOAD_BYTES, SignedEnvelope,
-    verify_many,
+    Domain, EnvelopeError, KeyId, MAX_ENGINE_PAYLOAD_BYTES, MAX_ENVELOPE_BYTES, MAX_PACKET_BYTES,
+    MAX_PAYLOAD_BYTES, SignedEnvelope, verify_many,
 };
 pub use ids::{GridId, HouseholdId, IdError, MeterId};
 pub use merkle::{Hash32, MerkleProof, MerkleTree};

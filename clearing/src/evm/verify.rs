@@ -363,8 +363,11 @@ pub async fn verify_published(
     };
 
     // The engine's signed result.
-    let env = SignedEnvelope::decode(&unhex("result envelope", &p.result_envelope)?)
-        .map_err(|e| VerifyError::Bad(format!("result envelope: {e}")))?;
+    let env = SignedEnvelope::decode_for(
+        Domain::Result,
+        &unhex("result envelope", &p.result_envelope)?,
+    )
+    .map_err(|e| VerifyError::Bad(format!("result envelope: {e}")))?;
     let engine_key = ekeys.get(&env.key_id.0);
     let sig_ok = engine_key.is_some_and(|k| env.verify(Domain::Result, k).is_ok());
     rep.check("result signed by the engine", sig_ok, env.key_id.0.clone());
@@ -466,7 +469,7 @@ pub async fn verify_published(
         .map_err(|e| VerifyError::Bad(format!("batch: {e}")))?;
     let batch_sig = hex::decode(&rec.signature)
         .ok()
-        .and_then(|bytes| SignedEnvelope::decode(&bytes).ok());
+        .and_then(|bytes| SignedEnvelope::decode_for(Domain::Batch, &bytes).ok());
     rep.check(
         "batch signed by the engine",
         batch_sig.is_some_and(|s| {
@@ -659,7 +662,7 @@ pub fn proof_from_published(
     let bad = |w: &str| VerifyError::Bad(w.to_owned());
     let result_bytes =
         hex::decode(&p.result_envelope).map_err(|_| bad("result envelope: not hex"))?;
-    let env = SignedEnvelope::decode(&result_bytes)
+    let env = SignedEnvelope::decode_for(Domain::Result, &result_bytes)
         .map_err(|e| VerifyError::Bad(format!("result envelope: {e}")))?;
     let ekey = p
         .engine_keys
@@ -745,7 +748,7 @@ pub fn verify_bundle(
     };
     let result = hex::decode(&b.result_envelope)
         .ok()
-        .and_then(|bytes| SignedEnvelope::decode(&bytes).ok());
+        .and_then(|bytes| SignedEnvelope::decode_for(Domain::Result, &bytes).ok());
     let Some(result) = result else {
         rep.check("result envelope", false, "does not decode");
         return rep;
@@ -788,7 +791,7 @@ pub fn verify_bundle(
     }
     let sig = hex::decode(&b.batch_signature)
         .ok()
-        .and_then(|bytes| SignedEnvelope::decode(&bytes).ok());
+        .and_then(|bytes| SignedEnvelope::decode_for(Domain::Batch, &bytes).ok());
     let batch_ok = sig.is_some_and(|s| {
         s.verify(Domain::Batch, &ek).is_ok() && s.payload == b.batch_json.as_bytes()
     });
