@@ -21,7 +21,8 @@
 //! second in all); `VOLTSHARE_LONG=1`: 5× and every 200 ms, i.e. 50 meters
 //! at 1 Hz of system time (250 readings a real second; at 10× this machine's
 //! 50 in-process agents managed only two thirds of the rate and the engine
-//! could not drain the 30-minute backlog while they went on). The agents resend
+//! could not drain the 30-minute backlog while they went on; at 5× the run
+//! takes about half an hour of real time here). The agents resend
 //! what is unacknowledged after 30 real seconds, as a gateway does.
 //!
 //! `chain_rpc_outage_backlog_settles_once`: the engine settles on a real
