@@ -3,9 +3,7 @@
 //! `/api/openapi.json`. A test checks that every API route of
 //! [`crate::routes::ROUTES`] is documented, so the two lists cannot drift.
 
-use crate::{
-    accounts, api, auth, error, market, mine, params, published, state, stream, summary,
-};
+use crate::{accounts, api, auth, error, market, mine, params, published, state, stream, summary};
 use axum::{
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
