@@ -17,7 +17,10 @@
 //!    `seq_conflict`, `counter_rewind`, `timestamp_out_of_window`), orders
 //!    against the household's nonces and the interval's gate
 //!    (`replay`, `bad_interval`, `gate_closed`, `bad_quantity`, `bad_replaces`,
-//!    `too_many_orders`).
+//!    `too_many_orders`). A nonce already stored is a duplicate (same bytes)
+//!    or a `replay` (other bytes); a nonce below the household's highest that
+//!    was never stored is a late delivery (its first one was lost in a crash)
+//!    and is judged by the other rules, so no signed order is lost.
 //!
 //! Acknowledgements go only to senders whose signature verified: an
 //! unauthenticated message cannot make the engine tell a household that its
@@ -597,20 +600,27 @@ impl Intake {
                     .await?
                     .map(|(d, _)| d),
             };
-            if stored.as_ref() == Some(&digest) {
-                out.duplicates += 1;
-                out.ack(
-                    household,
-                    AckItem {
-                        kind: AckKind::Order,
-                        meter: None,
-                        seq: o.nonce,
-                        outcome: AckOutcome::Duplicate,
-                    },
-                );
-                return Ok(None);
+            match stored {
+                // A nonce never stored below the highest one: an order whose
+                // first delivery was lost (the engine crashed before storing
+                // it) and that arrives after a later one. It is not a
+                // replay; the rules below judge it like any other.
+                None => {}
+                Some(d) if d == digest => {
+                    out.duplicates += 1;
+                    out.ack(
+                        household,
+                        AckItem {
+                            kind: AckKind::Order,
+                            meter: None,
+                            seq: o.nonce,
+                            outcome: AckOutcome::Duplicate,
+                        },
+                    );
+                    return Ok(None);
+                }
+                Some(_) => return reject(out, RejectReason::Replay),
             }
-            return reject(out, RejectReason::Replay);
         }
         let len = self.rules.interval_ms;
         let horizon = now
@@ -647,7 +657,8 @@ impl Intake {
             return reject(out, RejectReason::TooManyOrders);
         }
         self.order_counts.insert(count_key, count + 1);
-        self.nonces.insert(household.clone(), nonce);
+        let highest = self.nonces.entry(household.clone()).or_insert(nonce);
+        *highest = (*highest).max(nonce);
         pending
             .orders
             .insert((household.clone(), nonce), (digest.clone(), interval));

@@ -22,10 +22,11 @@
 //!   `clearing::auction`, and equals clearing the orders the sender had
 //!   acknowledged as accepted. Orders refused during the run are counted
 //!   by reason (`order_outcomes`), and the report says how many intervals
-//!   would differ had every order sent been cleared: an order whose first
-//!   delivery died with the engine and whose resend arrives after a later
-//!   nonce of the same household is refused as `replay` by the engine's
-//!   nonce rule.
+//!   would differ had every order sent been cleared. None may be refused as
+//!   a `replay`: an order whose first delivery died with the engine and
+//!   whose resend arrives after a later nonce of the same household is a
+//!   late delivery, not a replay (a resend that misses its gate is refused
+//!   as `gate_closed`, as it would be without a crash).
 //!
 //! The second test runs the same with the `evm` settlement backend on a real
 //! Anvil (blocks every second, contracts deployed from the committed
@@ -402,6 +403,11 @@ async fn crash_run(on_chain: bool, shape: Shape) {
         order_outcomes.get("unacknowledged"),
         None,
         "every order acknowledged"
+    );
+    assert_eq!(
+        order_outcomes.get("rejected_replay"),
+        None,
+        "an order resent after a crash was refused as a replay: {order_outcomes:?}"
     );
     assert_eq!(
         audit.cleared_gaps, 0,
