@@ -44,26 +44,29 @@ async fn twenty_intervals_settle_on_chain_and_balances_equal_the_books() {
             .await;
         }
     }
-    // A few more blocks so that the last batches are deep enough.
-    for _ in 0..3 {
+    // Anvil mines only when a transaction arrives; a batch submitted after
+    // the last one would wait for its confirmations forever. Mine a block
+    // on every poll, as a live chain would, until every batch is final.
+    // Generous: 20 batches with confirmations on a cold, loaded CI machine;
+    // the wait ends as soon as every batch is final.
+    let all_final = |s: &[(i64, String, Option<String>)]| {
+        // Interval 0 … N−1 traded; an empty interval before them may have
+        // been cleared and settled at start-up too.
+        s.len() >= N as usize && s.iter().all(|(_, st, tx)| st == "final" && tx.is_some())
+    };
+    let mut last = Vec::new();
+    for _ in 0..600 {
+        last = statuses(&pool).await;
+        if all_final(&last) {
+            break;
+        }
         let _: serde_json::Value = chain
             .raw("evm_mine", serde_json::json!([]))
             .await
             .expect("mine");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let p = pool.clone();
-    // Generous: 20 batches with confirmations on a cold, loaded CI machine;
-    // the wait ends as soon as every batch is final.
-    eventually(120, "every batch final", || {
-        let p = p.clone();
-        async move {
-            let s = statuses(&p).await;
-            // Interval 0 … N−1 traded; an empty interval before them may
-            // have been cleared and settled at start-up too.
-            s.len() >= N as usize && s.iter().all(|(_, st, tx)| st == "final" && tx.is_some())
-        }
-    })
-    .await;
+    assert!(all_final(&last), "not every batch final: {last:?}");
     let traded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM trades")
         .fetch_one(&pool)
         .await
