@@ -10,8 +10,8 @@
 //! purpose: a private Mosquitto (real broker, loopback, free port) with a
 //! queue of 5 messages and an in-flight window of 1, eight real meter agents
 //! (each polling its own Modbus TCP simulator, each with its SQLite outbox)
-//! reading every 250 ms, and an in-process engine that is stopped abruptly
-//! for 3 seconds (about 100 readings, far more than the queue) and started
+//! reading every 500 ms, and an in-process engine that is stopped abruptly
+//! for 6 seconds (about 100 readings, far more than the queue) and started
 //! again on its database.
 //!
 //! Checked: the broker really dropped messages (its log says so, and the
@@ -32,7 +32,11 @@ use voltshare_tests::{engine, util};
 /// The agents' resend period: short, so that the test does not wait long for
 /// the republication of what the broker dropped.
 const RESEND: Duration = Duration::from_secs(2);
-const POLL: Duration = Duration::from_millis(250);
+/// Slow enough that the engine keeps up through the tiny queue once it is
+/// back (at 4 Hz × 8 meters the queue of 5 with one message in flight kept
+/// overflowing in steady state, and resends were dropped as often as not).
+const POLL: Duration = Duration::from_millis(500);
+const OUTAGE: Duration = Duration::from_secs(6);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_queue_drops_are_recovered_by_the_outboxes() {
@@ -60,7 +64,7 @@ async fn broker_queue_drops_are_recovered_by_the_outboxes() {
     // The engine goes away; its persistent session's queue overflows.
     eng.kill();
     let before = agents.readings();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(OUTAGE).await;
     let published_meanwhile = agents.readings() - before;
     let eng = engine::start(cfg.clone(), clock.clone()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -75,12 +79,41 @@ async fn broker_queue_drops_are_recovered_by_the_outboxes() {
         "only {published_meanwhile} readings while the engine was away"
     );
 
-    // Everything arrives anyway, once.
-    let drained = wait_outboxes_empty(&agents.meters, Duration::from_secs(60)).await;
+    // Everything arrives anyway, once. The agents keep reading at 4 Hz, so
+    // their outboxes are rarely empty all at the same instant: wait until
+    // every reading issued up to now (the outage's backlog included) is in
+    // the engine's database.
+    let pool = eng.pool();
+    let mut targets = Vec::new();
+    for (m, outbox) in &agents.meters {
+        targets.push((m.clone(), checks::outbox_state(outbox, m).await.0));
+    }
+    let watch = protocol::Stopwatch::start();
+    let drained = loop {
+        let mut behind = Vec::new();
+        for (m, upto) in &targets {
+            let stored = checks::engine_seqs(&pool, m).await;
+            let have = stored.iter().filter(|s| **s <= *upto).count();
+            if u64::try_from(have).unwrap_or(0) < *upto {
+                behind.push((m.to_string(), have, *upto));
+            }
+        }
+        if behind.is_empty() {
+            break Ok(());
+        }
+        if watch.elapsed() > Duration::from_secs(150) {
+            break Err(behind);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Then the agents stop; what they read since may still wait.
+    let _ = wait_outboxes_empty(&agents.meters, Duration::from_secs(3)).await;
     let meters = agents.meters.clone();
     agents.stop().await;
-    assert!(drained, "outboxes not empty after 60 s");
-    let pool = eng.pool();
+    assert!(
+        drained.is_ok(),
+        "backlog not delivered after 150 s (meter, stored, issued): {drained:?}"
+    );
     for (m, outbox) in &meters {
         let (last, waiting) = checks::outbox_state(outbox, m).await;
         let stored = checks::engine_seqs(&pool, m).await;
@@ -88,8 +121,10 @@ async fn broker_queue_drops_are_recovered_by_the_outboxes() {
         assert!(last > 10, "{m}: the agent issued only {last} readings");
         assert_eq!(audit.lost, 0, "{m}: lost readings: {audit:?}");
         assert_eq!(audit.unexpected, 0, "{m}: unexpected readings: {audit:?}");
-        assert_eq!(audit.gaps, 0, "{m}: gaps: {audit:?}");
-        // Readings taken between the drain and the stop may still wait.
+        // Readings taken between the drain and the stop may still wait,
+        // and the broker keeps dropping under this tiny queue, so a reading
+        // dropped just before the stop waits in its outbox for the resend
+        // (a gap in the engine, not a loss): every seq is stored or waiting.
         assert_eq!(audit.delivered + audit.waiting, last, "{m}: {audit:?}");
     }
     eng.shutdown().await.expect("engine shutdown");
