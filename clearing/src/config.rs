@@ -7,12 +7,8 @@
 
 use ed25519_dalek::VerifyingKey;
 use protocol::{AuctionParams, BrokerSecurity, BrokerSecurityError, GridId, HouseholdId, MeterId};
-use rumqttc::MqttOptions;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 /// One enrolled household: its signing key, its meters and where it is paid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,104 +307,4 @@ impl EngineConfig {
     }
 }
 
-/// Broker security with its files read: the rustls client configuration
-/// (the `ring` provider, passed explicitly, so no process-wide default
-/// provider is needed) and the MQTT credentials.
-///
-/// The meter agent has the same loader (`meter_agent::agent::MqttSecurity`):
-/// the two crates must not depend on each other, and `protocol`, which holds
-/// the settings, does no IO.
-#[derive(Debug, Clone, Default)]
-pub struct MqttSecurity {
-    pub tls: Option<Arc<rustls::ClientConfig>>,
-    pub credentials: Option<(String, String)>,
-}
-
-impl MqttSecurity {
-    /// Checks the settings and reads their files.
-    pub fn load(settings: &BrokerSecurity) -> Result<MqttSecurity, BrokerSecurityError> {
-        let checked = settings.check()?;
-        let tls = match checked.ca_file {
-            None => None,
-            Some(ca) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for c in read_certs("ca_file", ca)? {
-                    roots.add(c).map_err(|e| {
-                        BrokerSecurityError::file(
-                            "ca_file",
-                            ca,
-                            format!("not a CA certificate: {e}"),
-                        )
-                    })?;
-                }
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let builder = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| BrokerSecurityError::new("tls", e.to_string()))?
-                    .with_root_certificates(roots);
-                let config = match checked.client {
-                    None => builder.with_no_client_auth(),
-                    Some((cert, key)) => {
-                        let chain = read_certs("cert_file", cert)?;
-                        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                            BrokerSecurityError::file(
-                                "key_file",
-                                key,
-                                format!("no usable PEM private key: {e}"),
-                            )
-                        })?;
-                        builder.with_client_auth_cert(chain, key_der).map_err(|e| {
-                            BrokerSecurityError::file(
-                                "key_file",
-                                key,
-                                format!("does not fit {}: {e}", cert.display()),
-                            )
-                        })?
-                    }
-                };
-                Some(Arc::new(config))
-            }
-        };
-        let credentials = match checked.credentials {
-            None => None,
-            Some((user, file)) => {
-                let pw = std::fs::read_to_string(file)
-                    .map_err(|e| BrokerSecurityError::file("password_file", file, e.to_string()))?;
-                let pw = pw.trim_end_matches(['\n', '\r']);
-                if pw.is_empty() {
-                    return Err(BrokerSecurityError::file("password_file", file, "is empty"));
-                }
-                Some((user.to_owned(), pw.to_owned()))
-            }
-        };
-        Ok(MqttSecurity { tls, credentials })
-    }
-
-    /// Sets the TLS transport and the credentials on rumqttc options.
-    pub fn apply(&self, opts: &mut MqttOptions) {
-        if let Some(cfg) = &self.tls {
-            opts.set_transport(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(cfg.clone()),
-            ));
-        }
-        if let Some((u, p)) = &self.credentials {
-            opts.set_credentials(u.clone(), p.clone());
-        }
-    }
-}
-
-/// All PEM certificates in `path` (at least one).
-fn read_certs(
-    key: &'static str,
-    path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, BrokerSecurityError> {
-    let bad = |why: String| BrokerSecurityError::file(key, path, why);
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad(e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| bad(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(bad("no PEM certificate in it".into()));
-    }
-    Ok(certs)
-}
+pub use mqtt_security::MqttSecurity;

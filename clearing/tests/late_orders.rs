@@ -45,8 +45,8 @@ async fn a_late_order_below_the_highest_nonce_is_accepted_once() {
     };
     let outcome = |out: &clearing::intake::BatchOutcome, nonce: u64| {
         out.acks
-            .iter()
-            .flat_map(|(_, items)| items.iter())
+            .values()
+            .flat_map(|items| items.iter())
             .filter(|i| i.kind == AckKind::Order && i.seq == nonce)
             .map(|i| i.outcome.clone())
             .collect::<Vec<_>>()
