@@ -5,7 +5,7 @@
 mod common;
 
 use clearing::book;
-use clearing::intake::{Inbound, Intake, IntakeRules};
+use clearing::intake::{Inbound, Intake};
 use clearing::registry::Registry;
 use clearing::store;
 use common::*;
@@ -39,16 +39,7 @@ async fn an_interval_with_hundreds_of_trades_is_signed_and_verifies() {
         .await
         .expect("registry");
     let registry = Arc::new(Registry::load(&pool).await.expect("registry"));
-    let rules = IntakeRules {
-        grid: grid.clone(),
-        interval_ms: LEN,
-        gate_lead_ms: 0,
-        timestamp_window_ms: 300_000,
-        max_reading_age_ms: 7 * 24 * 3_600_000,
-        max_orders_per_interval: 4,
-        max_order_wh: 100_000,
-        order_horizon_intervals: 96,
-    };
+    let rules = intake_rules(&grid);
     let mut intake = Intake::new(rules, registry, pool.clone());
     let i1 = i0().next(LEN);
     let mut msgs = Vec::new();

@@ -15,14 +15,8 @@ use std::sync::Arc;
 
 fn rules(grid: &GridId) -> IntakeRules {
     IntakeRules {
-        grid: grid.clone(),
-        interval_ms: LEN,
-        gate_lead_ms: 0,
-        timestamp_window_ms: 300_000,
-        max_reading_age_ms: 7 * 24 * 3_600_000,
         max_orders_per_interval: 8,
-        max_order_wh: 100_000,
-        order_horizon_intervals: 96,
+        ..intake_rules(grid)
     }
 }
 

@@ -7,7 +7,7 @@
 mod common;
 
 use clearing::book;
-use clearing::intake::{Inbound, Intake, IntakeRules};
+use clearing::intake::{Inbound, Intake};
 use clearing::registry::Registry;
 use clearing::settlement::{self, Ledger, Settlement, SettlementError, register_engine_key};
 use clearing::settler::{self, SettleCtx};
@@ -236,16 +236,7 @@ async fn intake_clear_and_settle_without_a_broker() {
     let (s, b) = (household("seller", 3), household("buyer", 4));
     let pool = setup(dir.path(), &[s.enrolment(), b.enrolment()]).await;
     let registry = Arc::new(Registry::load(&pool).await.expect("registry"));
-    let rules = IntakeRules {
-        grid: grid.clone(),
-        interval_ms: LEN,
-        gate_lead_ms: 0,
-        timestamp_window_ms: 300_000,
-        max_reading_age_ms: 7 * 24 * 3_600_000,
-        max_orders_per_interval: 4,
-        max_order_wh: 100_000,
-        order_horizon_intervals: 96,
-    };
+    let rules = intake_rules(&grid);
     let mut intake = Intake::new(rules, registry.clone(), pool.clone());
     let i1 = i0().next(LEN);
     let msg = |topic: String, payload: Vec<u8>| Inbound { topic, payload };

@@ -4,7 +4,7 @@
 
 mod common;
 
-use clearing::intake::{Inbound, Intake, IntakeRules};
+use clearing::intake::{Inbound, Intake};
 use clearing::registry::Registry;
 use clearing::{ConfigError, EngineConfig, EngineError, Enrolment, RejectReason, store};
 use common::*;
@@ -43,16 +43,7 @@ async fn key_rotation_revokes_and_weak_keys_are_refused() {
         .expect("sync");
     assert!(reg2.key(&old_id).expect("old").revoked);
 
-    let rules = IntakeRules {
-        grid: grid.clone(),
-        interval_ms: LEN,
-        gate_lead_ms: 0,
-        timestamp_window_ms: 300_000,
-        max_reading_age_ms: 7 * 24 * 3_600_000,
-        max_orders_per_interval: 4,
-        max_order_wh: 100_000,
-        order_horizon_intervals: 96,
-    };
+    let rules = intake_rules(&grid);
     let mut intake = Intake::new(rules, reg, pool.clone());
     let msg = Inbound {
         topic: old.reading_topic(&grid),

@@ -6,7 +6,7 @@
 
 mod common;
 
-use clearing::intake::{Inbound, Intake, IntakeRules};
+use clearing::intake::{Inbound, Intake};
 use clearing::registry::Registry;
 use clearing::store;
 use common::*;
@@ -28,16 +28,7 @@ async fn readings_per_second() {
             .await
             .expect("sync"),
     );
-    let rules = IntakeRules {
-        grid: grid.clone(),
-        interval_ms: LEN,
-        gate_lead_ms: 0,
-        timestamp_window_ms: 300_000,
-        max_reading_age_ms: 7 * 24 * 3_600_000,
-        max_orders_per_interval: 4,
-        max_order_wh: 100_000,
-        order_horizon_intervals: 96,
-    };
+    let rules = intake_rules(&grid);
     let mut intake = Intake::new(rules, reg, pool.clone());
     let per_home = 100u64;
     let mut batches = Vec::new();

@@ -16,7 +16,7 @@
 //! files the validation already read. The broker sees the gateway's
 //! certificate identity on every connection, which is what its ACLs key on.
 
-use crate::config::{BrokerSecurity, GatewayConfig};
+use crate::config::{AgentRole, BrokerSecurity, GatewayConfig, HouseholdIdentity};
 use crate::household::{ControllerConfig, ControllerStats, run_controller};
 use anyhow::{Context, anyhow};
 use meter_agent::{AgentConfig, AgentStats, run_agent};
@@ -72,6 +72,31 @@ async fn run_status(
                 }
             }
         }
+    }
+}
+
+/// The meter agent's settings from a gateway config's `[meter_agent]` and
+/// `[household]` (used by `voltshare run` and by `voltshare-agent`).
+pub(crate) fn agent_config(
+    cfg: &GatewayConfig,
+    a: &AgentRole,
+    h: &HouseholdIdentity,
+) -> AgentConfig {
+    AgentConfig {
+        grid: cfg.grid.clone(),
+        household: h.id.clone(),
+        meter: a.meter.clone(),
+        modbus: a.modbus,
+        inverter_unit: a.inverter_unit,
+        meter_unit: a.meter_unit,
+        poll_every: Duration::from_millis(a.poll_ms),
+        outbox_path: cfg.data_dir.join(format!("outbox-{}.db", a.meter)),
+        outbox_max: a.outbox_max,
+        broker_host: cfg.broker_host.clone(),
+        broker_port: cfg.broker_port,
+        broker_security: cfg.security.settings.clone(),
+        engine_key: h.engine_key,
+        resend_after: Duration::from_secs(30),
     }
 }
 
@@ -139,22 +164,7 @@ pub async fn run_gateway(
     let (latest_tx, latest_rx) = watch::channel(None);
     let ctl_stats = Arc::new(ControllerStats::default());
     if let (Some(a), Some(h), Some(key)) = (&cfg.agent, &cfg.household, &household_key) {
-        let acfg = AgentConfig {
-            grid: cfg.grid.clone(),
-            household: h.id.clone(),
-            meter: a.meter.clone(),
-            modbus: a.modbus,
-            inverter_unit: a.inverter_unit,
-            meter_unit: a.meter_unit,
-            poll_every: Duration::from_millis(a.poll_ms),
-            outbox_path: cfg.data_dir.join(format!("outbox-{}.db", a.meter)),
-            outbox_max: a.outbox_max,
-            broker_host: cfg.broker_host.clone(),
-            broker_port: cfg.broker_port,
-            broker_security: cfg.security.settings.clone(),
-            engine_key: h.engine_key,
-            resend_after: Duration::from_secs(30),
-        };
+        let acfg = agent_config(&cfg, a, h);
         let (k, c, s, stats) = (
             key.clone(),
             clock.clone(),

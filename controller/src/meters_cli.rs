@@ -358,22 +358,7 @@ fn agent_from_config(path: &std::path::Path) -> Result<(), CliError> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
         CliError::Runtime(anyhow::anyhow!("creating {}: {e}", cfg.data_dir.display()))
     })?;
-    let acfg = AgentConfig {
-        grid: cfg.grid.clone(),
-        household: h.id.clone(),
-        meter: a.meter.clone(),
-        modbus: a.modbus,
-        inverter_unit: a.inverter_unit,
-        meter_unit: a.meter_unit,
-        poll_every: Duration::from_millis(a.poll_ms),
-        outbox_path: cfg.data_dir.join(format!("outbox-{}.db", a.meter)),
-        outbox_max: a.outbox_max,
-        broker_host: cfg.broker_host.clone(),
-        broker_port: cfg.broker_port,
-        broker_security: cfg.security.settings.clone(),
-        engine_key: h.engine_key,
-        resend_after: Duration::from_secs(30),
-    };
+    let acfg = crate::gateway::agent_config(&cfg, &a, &h);
     let rt = runtime()?;
     rt.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -19,6 +19,22 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// The intake rules the direct (broker-less) intake tests use: 15-minute
+/// intervals, no gate lead, a 5-minute timestamp window, a week's reading
+/// age, 4 orders per household and interval of at most 100 kWh.
+pub fn intake_rules(grid: &GridId) -> clearing::intake::IntakeRules {
+    clearing::intake::IntakeRules {
+        grid: grid.clone(),
+        interval_ms: LEN,
+        gate_lead_ms: 0,
+        timestamp_window_ms: 300_000,
+        max_reading_age_ms: 7 * 24 * 3_600_000,
+        max_orders_per_interval: 4,
+        max_order_wh: 100_000,
+        order_horizon_intervals: 96,
+    }
+}
+
 /// 15 minutes.
 pub const LEN: u64 = 900_000;
 /// The test clock's start: five minutes into an interval.
