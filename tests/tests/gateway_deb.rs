@@ -8,7 +8,9 @@
 //! all in deploy/scripts/deb-check, which this test runs. It installs a
 //! package, so it needs root (CI runs as root; without root it fails);
 //! `VOLTSHARE_DEB=0` skips it explicitly on a developer machine. It reuses
-//! the `voltshare` binary the test build already made (no second build).
+//! the `voltshare` and `voltshare-agent` binaries of the test build
+//! (`cargo build -p controller --bins` first: a no-op when they are fresh);
+//! the script checks that both are installed.
 
 use std::process::Command;
 
@@ -32,8 +34,23 @@ fn debian_package_builds_installs_and_starts() {
         Some("0"),
         "gateway_deb needs root for dpkg (CI runs as root); set VOLTSHARE_DEB=0 to skip it"
     );
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/scripts/deb-check");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // Both binaries the package ships, in the target dir of this test.
+    let exe = std::env::current_exe().expect("test executable path");
+    let target = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .and_then(std::path::Path::parent)
+        .expect("target dir");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .args(["build", "-p", "controller", "--bins"])
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(&root)
+        .status()
+        .expect("running cargo build for the packaged binaries");
+    assert!(built.success(), "cargo build -p controller --bins failed");
+    let script = root.join("deploy/scripts/deb-check");
     let out = Command::new(&script)
         .output()
         .expect("running deploy/scripts/deb-check");
