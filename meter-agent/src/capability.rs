@@ -8,6 +8,7 @@
 //! | [`PvInverter`] | W, Wh | AC output power ≥ 0; lifetime AC energy cumulative |
 //! | [`Battery`] | %, W | state of charge 0–100 %; power `+` charging, `−` discharging |
 //! | [`PowerLimit`] | W | the inverter's active-power ceiling (write) |
+//! | [`StorageControl`] | W | the battery's charge or discharge power, or its own control (write) |
 //!
 //! Implementations: SunSpec devices ([`crate::sunspec_dev::SunSpecDevice`]),
 //! register-map devices ([`crate::regmap::MappedDevice`]) and the simulator
@@ -119,6 +120,30 @@ pub trait PowerLimit: Send + Sync {
     ) -> impl Future<Output = Result<(), DeviceError>> + Send;
 }
 
+/// A command to a battery's charge controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum StorageCommand {
+    /// The device's own control (usually self-consumption): no set-point.
+    Auto,
+    /// Charge at this power (W, > 0), from the grid if the house has no
+    /// surplus.
+    Charge(Watts),
+    /// Discharge at this power (W, > 0), into the grid if the house does
+    /// not use it.
+    Discharge(Watts),
+}
+
+/// A battery whose charging and discharging can be commanded.
+pub trait StorageControl: Send + Sync {
+    /// Applies `cmd`; a power at or above the device's maximum rate is
+    /// written as the maximum, a negative power is refused before anything
+    /// is written.
+    fn set_storage(
+        &self,
+        cmd: StorageCommand,
+    ) -> impl Future<Output = Result<(), DeviceError>> + Send;
+}
+
 /// The in-memory simulator of every capability: the household model of
 /// [`crate::sim`] (real irradiance and load data) read at the clock's time,
 /// with a battery whose state of charge follows the day, a power limit that
@@ -132,6 +157,8 @@ pub struct SimDevice {
     pub offline: AtomicBool,
     /// The PV cap, W; negative means none.
     limit_w: AtomicI64,
+    /// The last storage command (`None`: never commanded, i.e. automatic).
+    storage: Mutex<Option<StorageCommand>>,
 }
 
 impl SimDevice {
@@ -144,7 +171,16 @@ impl SimDevice {
             clock,
             offline: AtomicBool::new(false),
             limit_w: AtomicI64::new(-1),
+            storage: Mutex::new(None),
         }
+    }
+
+    /// The storage command in force (`Auto` when never commanded).
+    pub fn storage_command(&self) -> StorageCommand {
+        self.storage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or(StorageCommand::Auto)
     }
 
     fn check(&self) -> Result<(), DeviceError> {
@@ -226,6 +262,22 @@ impl PowerLimit for SimDevice {
                 Ok(())
             }
         }
+    }
+}
+
+impl StorageControl for SimDevice {
+    async fn set_storage(&self, cmd: StorageCommand) -> Result<(), DeviceError> {
+        self.check()?;
+        if let StorageCommand::Charge(Watts(w)) | StorageCommand::Discharge(Watts(w)) = cmd
+            && w < 0
+        {
+            return Err(DeviceError::Invalid {
+                point: "InOutWRte",
+                why: format!("negative power {w} W"),
+            });
+        }
+        *self.storage.lock().unwrap_or_else(|e| e.into_inner()) = Some(cmd);
+        Ok(())
     }
 }
 

@@ -24,13 +24,19 @@
 //! Writes (function codes 06 and 16) are accepted only on the registers the
 //! `sunspec` crate marks writable and the simulator models: the power limit
 //! of model 123 (`WMaxLimPct`, its window, reversion and ramp times,
-//! `WMaxLim_Ena`). Any other register answers `IllegalDataAddress` (02), a
-//! value out of range (a limit over 100 %, an enable flag other than 0/1)
-//! `IllegalDataValue` (03). An enabled limit clips the PV power every unit
-//! reports (and so raises grid power by what was clipped) until it is
-//! disabled or its reversion time passes; the energy counters follow the
-//! unclipped household model. Models 120 and 121 report the PV peak power as
-//! the rating the percentage refers to.
+//! `WMaxLim_Ena`) and the charge control of model 124 (`StorCtl_Mod`,
+//! `InWRte`, `OutWRte`, their window, reversion and ramp times). Any other
+//! register answers `IllegalDataAddress` (02), a value out of range (a limit
+//! over 100 %, an enable flag other than 0/1, a `StorCtl_Mod` over 3, a rate
+//! outside ±100 %) `IllegalDataValue` (03). An enabled limit clips the PV
+//! power every unit reports (and so raises grid power by what was clipped)
+//! until it is disabled or its reversion time passes; the energy counters
+//! follow the unclipped household model. Models 120 and 121 report the PV
+//! peak power as the rating the percentage refers to. A charge control
+//! moves the battery's power (3 kW `WChaMax`) into the range its rates
+//! allow (a negative rate forces charging or discharging), and the grid
+//! power by the difference, until `StorCtl_Mod` is 0 again or its reversion
+//! time passes.
 //!
 //! [`spawn_simulator`] keeps the household layout of the demo: inverter
 //! (common, 103, and 120/121/123 for the power limit) at unit 1 and grid
@@ -418,13 +424,32 @@ fn sunspec_image(unit: u8, models: &[u16], unknown_len: Option<u16>, t: &Truth, 
                 b.allow(base, &C::W_MAX_LIM_ENA);
             }
             124 => {
+                // Basic storage: the charge control (StorCtl_Mod and the
+                // rates with their times) is writable; no rate is in force
+                // (StorCtl_Mod 0, both rates 100.00 %) until a client
+                // writes one.
                 type S = model124::Model124;
                 let base = b.model::<S>();
-                b.put(base, S::W_CHA_MAX.offset, &[3000]);
+                b.put(base, S::W_CHA_MAX.offset, &[SIM_BATTERY_MAX_W as u16]);
                 b.put(base, S::W_CHA_MAX_SF.offset, &[0]);
                 let soc = if na { 0xFFFF } else { u16::from(t.soc) * 10 };
                 b.put(base, S::CHA_STATE.offset, &[soc]);
                 b.put(base, S::CHA_STATE_SF.offset, &[(-1i16) as u16]);
+                b.put(base, S::STOR_CTL_MOD.offset, &[0]);
+                b.put(base, S::IN_W_RTE.offset, &[SIM_PCT_FULL]);
+                b.put(base, S::OUT_W_RTE.offset, &[SIM_PCT_FULL]);
+                b.put(base, S::IN_OUT_W_RTE_SF.offset, &[(-2i16) as u16]);
+                b.put(base, S::W_CHA_DIS_CHA_GRA_SF.offset, &[0]);
+                b.allow(base, &S::STOR_CTL_MOD);
+                b.allow(base, &S::OUT_W_RTE);
+                b.allow(base, &S::IN_W_RTE);
+                for p in [
+                    S::IN_OUT_W_RTE_WIN_TMS,
+                    S::IN_OUT_W_RTE_RVRT_TMS,
+                    S::IN_OUT_W_RTE_RMP_TMS,
+                ] {
+                    b.allow(base, &p);
+                }
             }
             201 => int_meter!(b, model201::Model201, t, na),
             202 => int_meter!(b, model202::Model202, t, na),
@@ -503,8 +528,12 @@ fn map_image(map: &RegisterMap, t: &Truth, na: bool) -> BTreeMap<(u8, u16), u16>
     out
 }
 
-/// 100.00 % of `WMaxLimPct` at the simulator's scale factor (−2).
+/// 100.00 % of `WMaxLimPct`, `InWRte` and `OutWRte` at the simulator's
+/// scale factor (−2).
 const SIM_PCT_FULL: u16 = 10_000;
+
+/// The simulated battery's maximum charge and discharge rate (`WChaMax`), W.
+const SIM_BATTERY_MAX_W: i64 = 3_000;
 
 /// What clients wrote to a unit: register values over its image, and when
 /// the power limit was last written (its reversion timer starts there).
@@ -512,6 +541,8 @@ const SIM_PCT_FULL: u16 = 10_000;
 struct Written {
     regs: BTreeMap<usize, u16>,
     limit_since: Option<UnixMs>,
+    /// When model 124's charge control was last written.
+    storage_since: Option<UnixMs>,
 }
 
 struct UnitState {
@@ -553,6 +584,49 @@ impl UnitState {
         Some(rated_w * pct / i64::from(SIM_PCT_FULL))
     }
 
+    /// The battery power range (lowest, highest; W, `+` charging) this
+    /// unit's model 124 imposes now (`None`: no rate in force). `InWRte`
+    /// caps charging when `StorCtl_Mod` bit 0 is set and `OutWRte` caps
+    /// discharging when bit 1 is; a negative rate forces the other way. A
+    /// command whose reversion time has passed is dropped here
+    /// (`StorCtl_Mod` back to 0), as the device would do.
+    fn battery_range_w(&self, now: UnixMs) -> Option<(i64, i64)> {
+        type S = model124::Model124;
+        let body = self.layout.body(124)?;
+        let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let get = |w: &Written, off: u16, default: u16| {
+            w.regs
+                .get(&(body + usize::from(off)))
+                .copied()
+                .unwrap_or(default)
+        };
+        let ctl = get(&w, S::STOR_CTL_MOD.offset, 0);
+        if ctl & 3 == 0 {
+            return None;
+        }
+        let revert_ms = u64::from(get(&w, S::IN_OUT_W_RTE_RVRT_TMS.offset, 0)) * 1000;
+        if revert_ms > 0
+            && w.storage_since
+                .is_some_and(|since| now.0 >= since.0.saturating_add(revert_ms))
+        {
+            w.regs.insert(body + usize::from(S::STOR_CTL_MOD.offset), 0);
+            return None;
+        }
+        let pct = |off: u16| i64::from(get(&w, off, SIM_PCT_FULL) as i16);
+        let of_max = |p: i64| SIM_BATTERY_MAX_W * p / i64::from(SIM_PCT_FULL);
+        let hi = if ctl & 1 != 0 {
+            of_max(pct(S::IN_W_RTE.offset))
+        } else {
+            SIM_BATTERY_MAX_W
+        };
+        let lo = if ctl & 2 != 0 {
+            -of_max(pct(S::OUT_W_RTE.offset))
+        } else {
+            -SIM_BATTERY_MAX_W
+        };
+        Some((lo, hi))
+    }
+
     /// Checks and applies a write of `words` at image index `start`:
     /// `IllegalDataAddress` (02) for a register that is not writable,
     /// `IllegalDataValue` (03) for a value the point does not accept.
@@ -568,18 +642,33 @@ impl UnitState {
         {
             return Err(ExceptionCode::IllegalDataAddress);
         }
+        type S = model124::Model124;
         let mut limit = false;
+        let mut storage = false;
         for (i, v) in words.iter().enumerate() {
-            if let Some((123, off)) = self.layout.point_at(start + i) {
-                limit = true;
-                let ok = match off {
-                    o if o == C::W_MAX_LIM_PCT.offset => *v <= SIM_PCT_FULL,
-                    o if o == C::W_MAX_LIM_ENA.offset => *v <= 1,
-                    _ => true,
-                };
-                if !ok {
-                    return Err(ExceptionCode::IllegalDataValue);
+            let ok = match self.layout.point_at(start + i) {
+                Some((123, off)) => {
+                    limit = true;
+                    match off {
+                        o if o == C::W_MAX_LIM_PCT.offset => *v <= SIM_PCT_FULL,
+                        o if o == C::W_MAX_LIM_ENA.offset => *v <= 1,
+                        _ => true,
+                    }
                 }
+                Some((124, off)) => {
+                    storage = true;
+                    match off {
+                        o if o == S::STOR_CTL_MOD.offset => *v <= 3,
+                        o if o == S::IN_W_RTE.offset || o == S::OUT_W_RTE.offset => {
+                            (*v as i16).unsigned_abs() <= SIM_PCT_FULL
+                        }
+                        _ => true,
+                    }
+                }
+                _ => true,
+            };
+            if !ok {
+                return Err(ExceptionCode::IllegalDataValue);
             }
         }
         let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
@@ -588,6 +677,9 @@ impl UnitState {
         }
         if limit {
             w.limit_since = Some(now);
+        }
+        if storage {
+            w.storage_since = Some(now);
         }
         Ok(())
     }
@@ -645,6 +737,17 @@ impl SimState {
             {
                 grid_w += pv_w - cap;
                 pv_w = cap;
+            }
+        }
+        // And one battery: a charge control on any unit moves its power
+        // into the commanded range; what it charges more (or discharges
+        // less) than it would on its own comes from the grid.
+        let mut battery_w = battery_w;
+        for u in self.units.values() {
+            if let Some((lo, hi)) = u.battery_range_w(now) {
+                let forced = battery_w.max(lo).min(hi);
+                grid_w += forced - battery_w;
+                battery_w = forced;
             }
         }
         Truth {

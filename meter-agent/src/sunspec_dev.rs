@@ -21,7 +21,7 @@
 
 use crate::capability::{
     Battery, BatteryValues, DeviceError, GridEnergy, GridMeter, GridValues, PowerLimit, PvInverter,
-    PvValues,
+    PvValues, StorageCommand, StorageControl,
 };
 use crate::link::{Function, Link, LinkError, from_sunspec};
 use protocol::{WattHours, Watts};
@@ -417,6 +417,9 @@ pub struct SunSpecDevice {
     controls: Option<(ModelBlock, ModelBlock)>,
     /// `WMaxLimPct_RvrtTms` written with every limit (0: never reverts).
     limit_revert_s: u16,
+    /// `InOutWRte_RvrtTms` written with every storage command (0: never
+    /// reverts).
+    storage_revert_s: u16,
 }
 
 impl SunSpecDevice {
@@ -513,6 +516,7 @@ impl SunSpecDevice {
             storage,
             controls,
             limit_revert_s: 0,
+            storage_revert_s: 0,
         };
         d.common = d.read_common().await.ok();
         Ok(d)
@@ -865,6 +869,251 @@ impl PowerLimit for SunSpecDevice {
     }
 }
 
+type Stor = model124::Model124;
+/// Registers read from the start of model 124: the whole fixed block, up to
+/// `InOutWRte_SF`.
+const STOR_SPAN: u16 = Stor::IN_OUT_W_RTE_SF.offset + 1;
+/// `StorCtl_Mod` bits: the charge rate (`InWRte`) and the discharge rate
+/// (`OutWRte`) are in force.
+pub const STOR_CTL_CHARGE: u16 = 1;
+pub const STOR_CTL_DISCHARGE: u16 = 2;
+
+/// Model 124's charge control as the device reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StorageStatus {
+    /// `StorCtl_Mod`: [`STOR_CTL_CHARGE`] | [`STOR_CTL_DISCHARGE`] bits.
+    pub ctl_mod: u16,
+    /// `InWRte`, hundredths of a percent of `WChaMax` (negative: the
+    /// battery must discharge at least that much).
+    pub in_pct_centi: i64,
+    /// `OutWRte`, hundredths of a percent of `WChaMax` (negative: the
+    /// battery must charge at least that much).
+    pub out_pct_centi: i64,
+    /// `InOutWRte_RvrtTms`, seconds (0: never reverts by itself).
+    pub revert_s: u16,
+    /// `WChaMax`, W: what the percentages refer to.
+    pub max_w: u64,
+    /// `InOutWRte_SF`.
+    pub rate_sf: i16,
+}
+
+impl StorageStatus {
+    /// The command this state carries out: a forced charge or discharge
+    /// (both rates in force, one of them negative), else `Auto` (no rate in
+    /// force, or only ceilings).
+    pub fn command(&self) -> StorageCommand {
+        let both = STOR_CTL_CHARGE | STOR_CTL_DISCHARGE;
+        let w = |pct: i64| {
+            Watts(
+                i64::try_from(self.max_w)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(pct.abs())
+                    / PCT_FULL_CENTI,
+            )
+        };
+        if self.ctl_mod & both != both {
+            StorageCommand::Auto
+        } else if self.out_pct_centi < 0 && self.in_pct_centi >= 0 {
+            StorageCommand::Charge(w(self.in_pct_centi))
+        } else if self.in_pct_centi < 0 && self.out_pct_centi >= 0 {
+            StorageCommand::Discharge(w(self.out_pct_centi))
+        } else {
+            StorageCommand::Auto
+        }
+    }
+}
+
+/// A signed rate in hundredths of a percent (−100 … 100 %) as the `InWRte`
+/// / `OutWRte` register value for scale factor `sf` (rounded toward zero:
+/// never more power than asked). Pure; called before anything is written.
+pub fn rate_to_raw(pct_centi: i64, sf: i16) -> Result<u16, DeviceError> {
+    let bad = |why: String| DeviceError::Invalid {
+        point: "InOutWRte",
+        why,
+    };
+    if !(-PCT_FULL_CENTI..=PCT_FULL_CENTI).contains(&pct_centi) {
+        return Err(bad(format!(
+            "rate {} % is outside -100–100 % of WChaMax",
+            fmt_centi(pct_centi)
+        )));
+    }
+    if !(-10..=10).contains(&sf) {
+        return Err(bad(format!("scale factor {sf}")));
+    }
+    let e = i32::from(sf) + 2;
+    let raw = if e <= 0 {
+        pct_centi.checked_mul(10i64.pow(e.unsigned_abs()))
+    } else {
+        Some(pct_centi / 10i64.pow(e.unsigned_abs()))
+    };
+    raw.and_then(|r| i16::try_from(r).ok())
+        .map(|r| r as u16)
+        .ok_or_else(|| {
+            bad(format!(
+                "{} % does not fit the register at scale factor {sf}",
+                fmt_centi(pct_centi)
+            ))
+        })
+}
+
+/// The `InWRte` / `OutWRte` register value as hundredths of a percent. Pure.
+pub fn raw_to_rate(raw: u16, sf: i16) -> Result<i64, DeviceError> {
+    if !(-10..=10).contains(&sf) {
+        return Err(DeviceError::Invalid {
+            point: "InOutWRte",
+            why: format!("scale factor {sf}"),
+        });
+    }
+    let v = i64::from(raw as i16);
+    let e = i32::from(sf) + 2;
+    Ok(if e <= 0 {
+        v / 10i64.pow(e.unsigned_abs())
+    } else {
+        v * 10i64.pow(e.unsigned_abs())
+    })
+}
+
+impl SunSpecDevice {
+    /// Whether the device has basic storage controls (124), i.e. whether its
+    /// battery can be commanded.
+    pub fn has_storage_control(&self) -> bool {
+        self.storage.is_some()
+    }
+
+    /// Writes `InOutWRte_RvrtTms = s` with every storage command, so that a
+    /// forced charge or discharge lapses by itself if the gateway stops
+    /// refreshing it (0: never).
+    pub fn with_storage_revert(mut self, s: u16) -> SunSpecDevice {
+        self.storage_revert_s = s;
+        self
+    }
+
+    /// Reads model 124's charge control.
+    pub async fn read_storage_control(&self) -> Result<StorageStatus, DeviceError> {
+        let b = self
+            .storage
+            .ok_or(DeviceError::Unsupported("storage control"))?;
+        let n = STOR_SPAN.min(b.len);
+        let regs = self
+            .link
+            .read(self.unit, Function::Holding, b.addr, n)
+            .await?;
+        let max = get_u16(&regs, Stor::W_CHA_MAX.offset, "WChaMax")?;
+        let max_sf = get_i16(&regs, Stor::W_CHA_MAX_SF.offset, "WChaMax_SF")?;
+        let max_w = scale_u(u64::from(max), max_sf, "WChaMax")?;
+        if max_w == 0 {
+            return Err(DeviceError::Invalid {
+                point: "WChaMax",
+                why: "maximum charge rate is 0 W".into(),
+            });
+        }
+        let sf = get_i16(&regs, Stor::IN_OUT_W_RTE_SF.offset, "InOutWRte_SF")?;
+        let rate = |off: u16, point: &'static str| {
+            get_i16(&regs, off, point).and_then(|r| raw_to_rate(r as u16, sf))
+        };
+        Ok(StorageStatus {
+            ctl_mod: get_u16(&regs, Stor::STOR_CTL_MOD.offset, "StorCtl_Mod")?,
+            in_pct_centi: rate(Stor::IN_W_RTE.offset, "InWRte")?,
+            out_pct_centi: rate(Stor::OUT_W_RTE.offset, "OutWRte")?,
+            revert_s: get_u16(
+                &regs,
+                Stor::IN_OUT_W_RTE_RVRT_TMS.offset,
+                "InOutWRte_RvrtTms",
+            )
+            .unwrap_or(0),
+            max_w,
+            rate_sf: sf,
+        })
+    }
+
+    /// Carries out `cmd` through model 124: a forced charge is `InWRte = p`,
+    /// `OutWRte = −p` and a forced discharge `OutWRte = p`, `InWRte = −p` (p
+    /// the power as a percentage of `WChaMax`, at most 100 %), written in one
+    /// request with the window, reversion and ramp times, then `StorCtl_Mod`
+    /// = charge | discharge; `Auto` writes `StorCtl_Mod = 0` only. Then a
+    /// read-back that must show what was written.
+    pub async fn set_storage_control(
+        &self,
+        cmd: StorageCommand,
+    ) -> Result<StorageStatus, DeviceError> {
+        let b = self
+            .storage
+            .ok_or(DeviceError::Unsupported("storage control"))?;
+        if let StorageCommand::Charge(Watts(w)) | StorageCommand::Discharge(Watts(w)) = cmd
+            && w < 0
+        {
+            return Err(DeviceError::Invalid {
+                point: "InOutWRte",
+                why: format!("negative power {w} W"),
+            });
+        }
+        let before = self.read_storage_control().await?;
+        let sf = before.rate_sf;
+        let pct_of = |w: i64| {
+            let max = i128::from(before.max_w);
+            let p =
+                (i128::from(w) * i128::from(PCT_FULL_CENTI) / max).min(i128::from(PCT_FULL_CENTI));
+            i64::try_from(p).unwrap_or(PCT_FULL_CENTI)
+        };
+        let rates = match cmd {
+            StorageCommand::Auto => None,
+            StorageCommand::Charge(Watts(w)) => {
+                let p = pct_of(w);
+                Some((p, -p))
+            }
+            StorageCommand::Discharge(Watts(w)) => {
+                let p = pct_of(w);
+                Some((-p, p))
+            }
+        };
+        let ctl_mod = match rates {
+            Some((in_p, out_p)) => {
+                let words = vec![
+                    rate_to_raw(out_p, sf)?,
+                    rate_to_raw(in_p, sf)?,
+                    0,
+                    self.storage_revert_s,
+                    0,
+                ];
+                self.link
+                    .write(self.unit, b.addr + Stor::OUT_W_RTE.offset, &words)
+                    .await?;
+                STOR_CTL_CHARGE | STOR_CTL_DISCHARGE
+            }
+            None => 0,
+        };
+        self.link
+            .write(self.unit, b.addr + Stor::STOR_CTL_MOD.offset, &[ctl_mod])
+            .await?;
+        let got = self.read_storage_control().await?;
+        let confirmed = got.ctl_mod == ctl_mod
+            && rates.is_none_or(|(in_p, out_p)| {
+                // What the registers hold at their scale factor.
+                let r = |p: i64| rate_to_raw(p, sf).and_then(|raw| raw_to_rate(raw, sf)).ok();
+                Some(got.in_pct_centi) == r(in_p) && Some(got.out_pct_centi) == r(out_p)
+            });
+        if !confirmed {
+            return Err(DeviceError::Invalid {
+                point: "StorCtl_Mod",
+                why: format!(
+                    "write not confirmed: asked {cmd:?}, device reports StorCtl_Mod={}, \
+                     InWRte={} %, OutWRte={} %",
+                    got.ctl_mod,
+                    fmt_centi(got.in_pct_centi),
+                    fmt_centi(got.out_pct_centi)
+                ),
+            });
+        }
+        Ok(got)
+    }
+}
+
+impl StorageControl for SunSpecDevice {
+    async fn set_storage(&self, cmd: StorageCommand) -> Result<(), DeviceError> {
+        self.set_storage_control(cmd).await.map(|_| ())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -945,5 +1194,152 @@ mod tests {
             rated_w: 8_000,
         };
         assert_eq!(st.limit_w(), Some(2_000));
+    }
+
+    #[test]
+    fn storage_rates_follow_the_scale_factor() {
+        assert_eq!(rate_to_raw(5_000, -2), Ok(5_000));
+        assert_eq!(rate_to_raw(-5_000, -2), Ok((-5_000i16) as u16));
+        assert_eq!(rate_to_raw(-5_055, -1), Ok((-505i16) as u16));
+        assert_eq!(raw_to_rate((-505i16) as u16, -1), Ok(-5_050));
+        assert!(rate_to_raw(10_001, -2).is_err());
+        assert!(rate_to_raw(-10_001, -2).is_err());
+        // −100 % at scale factor −3 is −100,000: does not fit an i16.
+        assert!(rate_to_raw(-10_000, -3).is_err());
+        let st = |ctl_mod, in_p, out_p| StorageStatus {
+            ctl_mod,
+            in_pct_centi: in_p,
+            out_pct_centi: out_p,
+            revert_s: 0,
+            max_w: 4_000,
+            rate_sf: -2,
+        };
+        assert_eq!(
+            st(3, 5_000, -5_000).command(),
+            StorageCommand::Charge(Watts(2_000))
+        );
+        assert_eq!(
+            st(3, -2_500, 2_500).command(),
+            StorageCommand::Discharge(Watts(1_000))
+        );
+        assert_eq!(st(0, -2_500, 2_500).command(), StorageCommand::Auto);
+        assert_eq!(st(3, 10_000, 10_000).command(), StorageCommand::Auto);
+    }
+
+    /// Model 124 over Modbus TCP against the simulator: a forced charge and
+    /// a forced discharge are written, read back by a second client and
+    /// obeyed (the grid meter sees the battery's power); `Auto` releases;
+    /// a device without 124 is `Unsupported`; the simulator refuses a rate
+    /// over 100 % and a write outside the control points.
+    #[tokio::test]
+    async fn storage_control_over_modbus() {
+        use crate::capability::GridMeter;
+        use crate::link::Link;
+        use crate::simulator::{SimUnit, spawn_devices};
+        use protocol::{Clock, ManualClock, UnixMs};
+        use std::net::SocketAddr;
+        use std::sync::Arc;
+        use std::time::Duration;
+        // 2021-06-21 10:00 UTC.
+        let clock = Arc::new(ManualClock::new(UnixMs(1_624_269_600_000)));
+        let h = crate::SimHousehold::from_seed(3);
+        let sim = spawn_devices(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            vec![
+                SimUnit::sunspec(1, 40000, &[1, 103, 124]),
+                SimUnit::sunspec(2, 40000, &[1, 203]),
+                SimUnit::sunspec(3, 40000, &[1, 103]),
+            ],
+            h,
+            clock.clone(),
+        )
+        .await
+        .expect("simulator");
+        let t = Duration::from_secs(2);
+        let link = Link::tcp(sim.addr, t, clock.clone());
+        let dev = SunSpecDevice::discover(&link, 1)
+            .await
+            .expect("discover")
+            .with_storage_revert(600);
+        assert!(dev.has_storage_control());
+        // Another client, as anyone else on the bus would see it.
+        let other = Link::tcp(sim.addr, t, clock.clone());
+        let watcher = SunSpecDevice::discover(&other, 1).await.expect("discover");
+        let meter = SunSpecDevice::discover(&other, 2).await.expect("meter");
+        let st = watcher.read_storage_control().await.expect("read 124");
+        assert_eq!((st.ctl_mod, st.max_w), (0, 3_000));
+        assert_eq!(st.command(), StorageCommand::Auto);
+        let grid_auto = meter.read_grid().await.expect("grid").power.0;
+
+        dev.set_storage(StorageCommand::Charge(Watts(1_500)))
+            .await
+            .expect("charge");
+        let st = watcher.read_storage_control().await.expect("read 124");
+        assert_eq!(
+            (st.ctl_mod, st.in_pct_centi, st.out_pct_centi, st.revert_s),
+            (3, 5_000, -5_000, 600)
+        );
+        assert_eq!(st.command(), StorageCommand::Charge(Watts(1_500)));
+        let grid_charge = meter.read_grid().await.expect("grid").power.0;
+        // At least 1.5 kW into the battery, whatever the house does.
+        let natural =
+            crate::capability::sim_battery(&crate::SimHousehold::from_seed(3), clock.now()).1;
+        assert_eq!(grid_charge - grid_auto, 1_500 - natural);
+
+        dev.set_storage(StorageCommand::Discharge(Watts(6_000)))
+            .await
+            .expect("discharge, capped at WChaMax");
+        let st = watcher.read_storage_control().await.expect("read 124");
+        assert_eq!((st.in_pct_centi, st.out_pct_centi), (-10_000, 10_000));
+        assert_eq!(st.command(), StorageCommand::Discharge(Watts(3_000)));
+        let grid_dis = meter.read_grid().await.expect("grid").power.0;
+        assert_eq!(grid_dis - grid_auto, -3_000 - natural);
+
+        dev.set_storage(StorageCommand::Auto).await.expect("auto");
+        let st = watcher.read_storage_control().await.expect("read 124");
+        assert_eq!(st.ctl_mod, 0);
+        assert_eq!(meter.read_grid().await.expect("grid").power.0, grid_auto);
+        assert!(matches!(
+            dev.set_storage(StorageCommand::Charge(Watts(-1))).await,
+            Err(DeviceError::Invalid { .. })
+        ));
+
+        // The reversion time lapses a command by itself.
+        dev.set_storage(StorageCommand::Charge(Watts(3_000)))
+            .await
+            .expect("charge");
+        clock.advance(601_000);
+        assert_eq!(
+            watcher.read_storage_control().await.expect("read").ctl_mod,
+            0,
+            "reverted after InOutWRte_RvrtTms"
+        );
+
+        // Refused by the device: a rate over 100 %, a read-only point.
+        let b = dev.storage.expect("124");
+        let refused = |code| move |e: &LinkError| matches!(e, LinkError::Exception { code: c, .. } if *c == code);
+        let e = link
+            .write(1, b.addr + Stor::IN_W_RTE.offset, &[10_001])
+            .await
+            .expect_err("over 100 %");
+        assert!(
+            refused(crate::link::ExceptionCode::IllegalDataValue)(&e),
+            "{e}"
+        );
+        let e = link
+            .write(1, b.addr + Stor::CHA_STATE.offset, &[500])
+            .await
+            .expect_err("ChaState is read-only");
+        assert!(
+            refused(crate::link::ExceptionCode::IllegalDataAddress)(&e),
+            "{e}"
+        );
+
+        let plain = SunSpecDevice::discover(&link, 3).await.expect("discover");
+        assert!(!plain.has_storage_control());
+        assert_eq!(
+            plain.set_storage(StorageCommand::Auto).await,
+            Err(DeviceError::Unsupported("storage control"))
+        );
     }
 }
