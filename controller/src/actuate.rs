@@ -16,14 +16,22 @@
 //! (`WMaxLimPct_RvrtTms`), so that a gateway that dies leaves an inverter
 //! that returns to full power by itself instead of staying curtailed.
 //!
+//! The battery mode becomes a [`StorageCommand`] written through
+//! [`StorageControl`] (SunSpec 124: `StorCtl_Mod`, `InWRte`, `OutWRte` at
+//! their scale factor, read back): self-consumption is the device's own
+//! control (`Auto`), a charge or discharge decision a forced rate with the
+//! same reversion time as the limit. When the strategy stops deciding a
+//! battery mode, a forced rate is released to `Auto`. The battery's state of
+//! charge, which the strategy needs to decide anything, is read from the
+//! same device ([`Actuator::battery_soc_pct`]).
+//!
 //! A device without the capability is reported ([`Outcome::Unsupported`],
-//! counted in [`ActuationStats`]), never a crash, and the controller goes on
-//! trading. Battery decisions have no control capability yet (SunSpec 124's
-//! charge and discharge controls are not written): they are reported as
-//! unsupported.
+//! counted in [`ActuationStats`]; once per capability), never a crash, and
+//! the controller goes on trading.
 
+use crate::strategy::BatteryMode;
 use crate::strategy::Plan;
-use meter_agent::capability::{DeviceError, PowerLimit};
+use meter_agent::capability::{Battery, DeviceError, PowerLimit, StorageCommand, StorageControl};
 use meter_agent::link::{Link, Transport};
 use meter_agent::sunspec_dev::SunSpecDevice;
 use protocol::{Clock, Reading, Watts};
@@ -38,9 +46,12 @@ pub struct ActuatorConfig {
     pub transport: Transport,
     /// The SunSpec inverter's unit id.
     pub inverter_unit: u8,
+    /// The SunSpec storage (124) unit id (`None`: no battery control).
+    pub battery_unit: Option<u8>,
     /// Bound on every Modbus request.
     pub timeout: Duration,
-    /// `WMaxLimPct_RvrtTms` written with each limit, seconds (0: never
+    /// `WMaxLimPct_RvrtTms` written with each limit and
+    /// `InOutWRte_RvrtTms` with each battery command, seconds (0: never
     /// reverts).
     pub revert_s: u16,
 }
@@ -60,6 +71,8 @@ pub enum Outcome {
     LimitSet { pv_limit_w: i64 },
     /// A previous ceiling was lifted.
     LimitReleased,
+    /// The battery command was written and read back.
+    BatterySet { command: StorageCommand },
     /// Nothing needed writing.
     Unchanged,
     /// The device cannot do this; the decision is dropped and reported.
@@ -83,6 +96,11 @@ pub struct ActuationStats {
     pub failures: AtomicU64,
     /// The inverter ceiling in force, W; −1 when none.
     pub pv_limit_w: AtomicI64,
+    /// Battery commands written and confirmed.
+    pub battery_commands: AtomicU64,
+    /// The battery command in force, W: `+` charge, `−` discharge, 0 the
+    /// device's own control.
+    pub battery_w: AtomicI64,
 }
 
 impl Default for ActuationStats {
@@ -93,6 +111,8 @@ impl Default for ActuationStats {
             unsupported: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             pv_limit_w: AtomicI64::new(-1),
+            battery_commands: AtomicU64::new(0),
+            battery_w: AtomicI64::new(0),
         }
     }
 }
@@ -107,6 +127,15 @@ impl ActuationStats {
             Outcome::LimitReleased => {
                 self.limits_released.fetch_add(1, Ordering::Relaxed);
                 self.pv_limit_w.store(-1, Ordering::Relaxed);
+            }
+            Outcome::BatterySet { command } => {
+                self.battery_commands.fetch_add(1, Ordering::Relaxed);
+                let w = match command {
+                    StorageCommand::Auto => 0,
+                    StorageCommand::Charge(w) => w.0,
+                    StorageCommand::Discharge(w) => -w.0,
+                };
+                self.battery_w.store(w, Ordering::Relaxed);
             }
             Outcome::Unchanged => {}
             Outcome::Unsupported { .. } => {
@@ -165,6 +194,48 @@ pub async fn apply_limit<D: PowerLimit>(
     }
 }
 
+/// The battery command for a strategy decision (`None`: no decision, the
+/// device's own control). Pure.
+pub fn storage_command(mode: Option<BatteryMode>) -> StorageCommand {
+    let w = |w: u64| Watts(i64::try_from(w).unwrap_or(i64::MAX));
+    match mode {
+        None | Some(BatteryMode::SelfConsume) => StorageCommand::Auto,
+        Some(BatteryMode::Charge { w: x }) => StorageCommand::Charge(w(x)),
+        Some(BatteryMode::Discharge { w: x }) => StorageCommand::Discharge(w(x)),
+    }
+}
+
+/// Applies one battery command through any [`StorageControl`] device.
+/// `last` is what the caller believes is in force (`None`: unknown); `Auto`
+/// is only written when something else may be in force. A forced rate is
+/// written every time, which restarts its reversion timer.
+pub async fn apply_storage<D: StorageControl>(
+    dev: &D,
+    cmd: StorageCommand,
+    last: &mut Option<StorageCommand>,
+) -> Outcome {
+    if cmd == StorageCommand::Auto && *last == Some(StorageCommand::Auto) {
+        return Outcome::Unchanged;
+    }
+    match dev.set_storage(cmd).await {
+        Ok(()) => {
+            *last = Some(cmd);
+            Outcome::BatterySet { command: cmd }
+        }
+        Err(DeviceError::Unsupported(what)) => {
+            *last = Some(StorageCommand::Auto);
+            Outcome::Unsupported {
+                capability: "battery control",
+                why: format!("the device has no {what}"),
+            }
+        }
+        Err(e) => Outcome::Failed {
+            capability: "battery control",
+            error: e.to_string(),
+        },
+    }
+}
+
 /// Sends the controller's decisions to a household's SunSpec inverter.
 #[derive(Debug)]
 pub struct Actuator {
@@ -172,8 +243,13 @@ pub struct Actuator {
     link: Link,
     device: Option<SunSpecDevice>,
     limited: Option<bool>,
-    /// Reported once per kind, not every interval.
-    battery_reported: bool,
+    /// The storage device, when it is another unit than the inverter.
+    battery_device: Option<SunSpecDevice>,
+    /// The battery command believed in force (`None`: unknown).
+    battery_last: Option<StorageCommand>,
+    /// Unsupported capabilities are reported once, not every interval.
+    limit_unsupported: bool,
+    battery_unsupported: bool,
     pub stats: Arc<ActuationStats>,
 }
 
@@ -186,7 +262,10 @@ impl Actuator {
             link,
             device: None,
             limited: None,
-            battery_reported: false,
+            battery_device: None,
+            battery_last: None,
+            limit_unsupported: false,
+            battery_unsupported: false,
             stats: Arc::new(ActuationStats::default()),
         }
     }
@@ -202,11 +281,70 @@ impl Actuator {
             let d = SunSpecDevice::discover(&self.link, self.cfg.inverter_unit)
                 .await
                 .map_err(|e| e.to_string())?;
-            self.device = Some(d.with_limit_revert(self.cfg.revert_s));
+            self.device = Some(
+                d.with_limit_revert(self.cfg.revert_s)
+                    .with_storage_revert(self.cfg.revert_s),
+            );
         }
         self.device
             .as_ref()
             .ok_or_else(|| "inverter not discovered".to_string())
+    }
+
+    /// The storage device: the inverter itself when the units agree.
+    async fn battery_device(&mut self) -> Result<SunSpecDevice, String> {
+        let unit = self
+            .cfg
+            .battery_unit
+            .ok_or_else(|| "no battery unit configured".to_string())?;
+        if unit == self.cfg.inverter_unit {
+            return self.device().await.cloned();
+        }
+        if self.battery_device.is_none() {
+            let d = SunSpecDevice::discover(&self.link, unit)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.battery_device = Some(d.with_storage_revert(self.cfg.revert_s));
+        }
+        self.battery_device
+            .clone()
+            .ok_or_else(|| "battery not discovered".to_string())
+    }
+
+    /// The battery's state of charge, % (model 124's `ChaState`), for the
+    /// strategy's market view; `None` without a battery unit or when it
+    /// cannot be read (logged).
+    pub async fn battery_soc_pct(&mut self) -> Option<u8> {
+        self.cfg.battery_unit?;
+        if self.battery_unsupported {
+            return None;
+        }
+        let dev = match self.battery_device().await {
+            Ok(d) => d,
+            Err(error) => {
+                warn!(%error, "battery state of charge not read");
+                return None;
+            }
+        };
+        match dev.read_battery().await {
+            Ok(v) => v.soc_pct,
+            Err(DeviceError::Unsupported(what)) => {
+                self.battery_unsupported = true;
+                self.stats.count(&Outcome::Unsupported {
+                    capability: "battery control",
+                    why: format!("the device has no {what}"),
+                });
+                warn!(
+                    unit = dev.unit(),
+                    "battery control unsupported: the device has no {what}"
+                );
+                None
+            }
+            Err(error) => {
+                warn!(unit = dev.unit(), %error, "battery state of charge not read");
+                None
+            }
+        }
     }
 
     /// Applies `plan`'s device decisions; `latest` is the newest reading
@@ -216,6 +354,9 @@ impl Actuator {
         let mut out = Vec::new();
         let want = plan.curtail_export_w.map(|x| pv_ceiling_w(x, latest));
         let limit = if want.is_none() && self.limited == Some(false) {
+            Outcome::Unchanged
+        } else if self.limit_unsupported {
+            // Reported once already; a new limit is still dropped.
             Outcome::Unchanged
         } else {
             let unit = self.cfg.inverter_unit;
@@ -228,15 +369,41 @@ impl Actuator {
                 },
             }
         };
+        if matches!(limit, Outcome::Unsupported { .. }) {
+            self.limit_unsupported = true;
+        }
         out.push(limit);
-        if let Some(mode) = plan.battery
-            && !self.battery_reported
+        let cmd = storage_command(plan.battery);
+        let battery = if self.cfg.battery_unit.is_none() {
+            // No battery to command: a decision is reported once.
+            match plan.battery {
+                Some(mode) if !self.battery_unsupported => {
+                    self.battery_unsupported = true;
+                    Some(Outcome::Unsupported {
+                        capability: "battery control",
+                        why: format!("no battery unit configured to carry out {mode:?}"),
+                    })
+                }
+                _ => None,
+            }
+        } else if self.battery_unsupported
+            || (cmd == StorageCommand::Auto && self.battery_last == Some(StorageCommand::Auto))
         {
-            self.battery_reported = true;
-            out.push(Outcome::Unsupported {
-                capability: "battery control",
-                why: format!("no battery control capability to carry out {mode:?}"),
-            });
+            None
+        } else {
+            match self.battery_device().await {
+                Ok(d) => Some(apply_storage(&d, cmd, &mut self.battery_last).await),
+                Err(error) => Some(Outcome::Failed {
+                    capability: "battery control",
+                    error: format!("unit {:?}: {error}", self.cfg.battery_unit),
+                }),
+            }
+        };
+        if let Some(b) = battery {
+            if matches!(b, Outcome::Unsupported { .. }) {
+                self.battery_unsupported = true;
+            }
+            out.push(b);
         }
         for o in &out {
             self.stats.count(o);
@@ -246,6 +413,9 @@ impl Actuator {
                     info!(unit, pv_limit_w, "inverter power limit set")
                 }
                 Outcome::LimitReleased => info!(unit, "inverter power limit released"),
+                Outcome::BatterySet { command } => {
+                    info!(unit = ?self.cfg.battery_unit, ?command, "battery command set")
+                }
                 Outcome::Unchanged => {}
                 Outcome::Unsupported { capability, why } => {
                     warn!(unit, capability, %why, "decision not carried out: unsupported")
@@ -389,6 +559,7 @@ mod tests {
         let cfg = ActuatorConfig {
             transport: Transport::Tcp(sim.addr),
             inverter_unit: 1,
+            battery_unit: None,
             timeout: T,
             revert_s: 1_800,
         };

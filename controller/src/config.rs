@@ -211,6 +211,51 @@ pub struct RawController {
     pub min_order_wh: u64,
     #[serde(default)]
     pub battery: Option<RawBattery>,
+    /// The price for exporting to the utility now (a dynamic feed-in
+    /// tariff): drives curtailment.
+    #[serde(default)]
+    pub export_price: Option<RawExportPrice>,
+    /// Carrying the controller's decisions out on the devices.
+    #[serde(default)]
+    pub actuation: Option<RawActuation>,
+}
+
+/// `[controller.export_price]`: a fixed price, a schedule file, or both (the
+/// fixed price applies before the schedule's first entry).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExportPrice {
+    /// Signed µ/kWh (negative: exporting costs money).
+    #[serde(default)]
+    pub fixed: Option<i64>,
+    /// One entry a line: `FROM PRICE` (RFC 3339 time, signed µ/kWh); read
+    /// again whenever it changes.
+    #[serde(default)]
+    pub schedule_file: Option<PathBuf>,
+}
+
+/// `[controller.actuation]`: which devices the controller writes to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawActuation {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Modbus TCP address; default: `meter_agent.modbus`.
+    #[serde(default)]
+    pub modbus: Option<String>,
+    /// The SunSpec inverter (model 123); default: `meter_agent.inverter_unit`.
+    #[serde(default)]
+    pub inverter_unit: Option<u8>,
+    /// The SunSpec storage (model 124); default: the inverter's unit when
+    /// `[controller.battery]` is set.
+    #[serde(default)]
+    pub battery_unit: Option<u8>,
+    #[serde(default = "d_actuation_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn d_actuation_timeout() -> u64 {
+    2_000
 }
 
 fn d_feed_in() -> u64 {
@@ -251,6 +296,15 @@ pub struct RawHomeAssistant {
     pub host: String,
     #[serde(default = "d_ha_port")]
     pub port: u16,
+    /// TLS to Home Assistant's broker, with the same keys as `[broker]`.
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
@@ -297,6 +351,125 @@ pub struct AgentRole {
 #[derive(Debug, Clone)]
 pub struct ControllerRole {
     pub strategy: crate::strategy::StrategyParams,
+    /// Where the export price comes from (`None`: the fixed feed-in tariff
+    /// applies and nothing is ever curtailed).
+    pub export_price: Option<ExportPriceSource>,
+    /// The devices the decisions are written to (`None`: only logged).
+    pub actuator: Option<crate::actuate::ActuatorConfig>,
+}
+
+/// The highest export price magnitude accepted, µ/kWh (10 units per kWh).
+pub const MAX_EXPORT_PRICE: i64 = 10_000_000;
+
+/// The price for exporting to the utility over time: a dynamic feed-in
+/// tariff, as a fixed price and/or a schedule file of `FROM PRICE` entries.
+/// The schedule file is read while the configuration is validated, and again
+/// by [`ExportPriceSource::reload`] whenever its modification time changes,
+/// so that a day-ahead tariff can be written into it by another program
+/// while the gateway runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportPriceSource {
+    /// Applies before the schedule's first entry, or always without one.
+    pub fixed: Option<i64>,
+    pub schedule_file: Option<PathBuf>,
+    /// (from, signed µ/kWh), strictly increasing in time.
+    pub schedule: Vec<(protocol::UnixMs, i64)>,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl ExportPriceSource {
+    /// A fixed price and a schedule as data (no file).
+    pub fn new(fixed: Option<i64>, schedule: Vec<(protocol::UnixMs, i64)>) -> ExportPriceSource {
+        ExportPriceSource {
+            fixed,
+            schedule_file: None,
+            schedule,
+            modified: None,
+        }
+    }
+
+    /// Reads `schedule_file` (the fixed price applies before its first
+    /// entry). The error says file, line and why.
+    pub fn from_file(fixed: Option<i64>, file: &Path) -> Result<ExportPriceSource, String> {
+        let mut s = ExportPriceSource {
+            fixed,
+            schedule_file: Some(file.to_owned()),
+            schedule: Vec::new(),
+            modified: None,
+        };
+        s.reload()?;
+        Ok(s)
+    }
+
+    /// The price in force at `t`: the last schedule entry that started at or
+    /// before `t`, else the fixed price. Pure.
+    pub fn price_at(&self, t: protocol::UnixMs) -> Option<i64> {
+        let n = self.schedule.partition_point(|(from, _)| *from <= t);
+        match n {
+            0 => self.fixed,
+            n => self.schedule.get(n - 1).map(|(_, p)| *p),
+        }
+    }
+
+    /// Reads the schedule file again if it changed since the last read;
+    /// `Ok(true)` when a new schedule was loaded. On error the previous
+    /// schedule stays in force.
+    pub fn reload(&mut self) -> Result<bool, String> {
+        let Some(file) = &self.schedule_file else {
+            return Ok(false);
+        };
+        let modified = std::fs::metadata(file)
+            .and_then(|m| m.modified())
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        if self.modified == Some(modified) {
+            return Ok(false);
+        }
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        self.schedule = parse_price_schedule(&text)
+            .map_err(|(line, why)| format!("{}:{line}: {why}", file.display()))?;
+        self.modified = Some(modified);
+        Ok(true)
+    }
+}
+
+/// Parses an export-price schedule: one entry a line, `FROM PRICE` separated
+/// by blanks or a comma, FROM an RFC 3339 time (`2026-07-01T11:00:00Z`,
+/// any offset) and PRICE signed µ/kWh (within ±[`MAX_EXPORT_PRICE`]);
+/// blank lines and `#` comments are ignored; entries must be in strictly
+/// increasing time. Errors carry the 1-based line. Pure.
+pub fn parse_price_schedule(text: &str) -> Result<Vec<(protocol::UnixMs, i64)>, (usize, String)> {
+    let mut out: Vec<(protocol::UnixMs, i64)> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let l = raw.split('#').next().unwrap_or("").trim();
+        if l.is_empty() {
+            continue;
+        }
+        let mut parts = l
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|p| !p.is_empty());
+        let (Some(from), Some(price), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err((line, format!("expected `FROM PRICE`, found {l:?}")));
+        };
+        let t = chrono::DateTime::parse_from_rfc3339(from)
+            .map_err(|e| (line, format!("{from:?} is not an RFC 3339 time: {e}")))?;
+        let ms = u64::try_from(t.timestamp_millis())
+            .map_err(|_| (line, format!("{from} is before 1970")))?;
+        let price: i64 = price
+            .parse()
+            .map_err(|_| (line, format!("{price:?} is not an integer price in µ/kWh")))?;
+        if !(-MAX_EXPORT_PRICE..=MAX_EXPORT_PRICE).contains(&price) {
+            return Err((
+                line,
+                format!("{price} µ/kWh is outside ±{MAX_EXPORT_PRICE}"),
+            ));
+        }
+        if out.last().is_some_and(|(prev, _)| prev.0 >= ms) {
+            return Err((line, format!("{from} is not after the previous entry")));
+        }
+        out.push((protocol::UnixMs(ms), price));
+    }
+    Ok(out)
 }
 
 /// The engine role, validated.
@@ -584,9 +757,28 @@ impl RawConfig {
         };
 
         let controller = match &self.controller {
-            Some(c) if c.enabled => Some(ControllerRole {
-                strategy: strategy_params(c, self.interval_ms, &err)?,
-            }),
+            Some(c) if c.enabled => {
+                let strategy = strategy_params(c, self.interval_ms, &err)?;
+                let export_price = match &c.export_price {
+                    None => None,
+                    Some(e) => Some(export_price(e, &err)?),
+                };
+                let actuator = match &c.actuation {
+                    Some(a) if a.enabled => Some(actuator_config(
+                        a,
+                        c,
+                        self.meter_agent.as_ref(),
+                        self.interval_ms,
+                        &err,
+                    )?),
+                    _ => None,
+                };
+                Some(ControllerRole {
+                    strategy,
+                    export_price,
+                    actuator,
+                })
+            }
             _ => None,
         };
 
@@ -652,12 +844,19 @@ impl RawConfig {
                         "must be at least 1000".into(),
                     ));
                 }
-                let security = BrokerSecurity::load(protocol::BrokerSecurity {
+                let ha_settings = protocol::BrokerSecurity {
+                    tls: h.tls,
+                    ca_file: h.ca_file.clone(),
+                    cert_file: h.cert_file.clone(),
+                    key_file: h.key_file.clone(),
                     username: h.username.clone(),
                     password_file: h.password_file.clone(),
-                    ..protocol::BrokerSecurity::default()
-                })
-                .map_err(|e| in_section("home_assistant", e))?;
+                };
+                ha_settings
+                    .check()
+                    .map_err(|e| in_section("home_assistant", e))?;
+                let security = BrokerSecurity::load(ha_settings)
+                    .map_err(|e| in_section("home_assistant", e))?;
                 Some(HomeAssistantRole {
                     discovery_prefix: h.discovery_prefix.clone(),
                     host: h.host.clone(),
@@ -700,6 +899,101 @@ fn is_loopback(host: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|a| a.is_loopback())
+}
+
+fn export_price(
+    e: &RawExportPrice,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<ExportPriceSource, ConfigError> {
+    if let Some(f) = e.fixed
+        && !(-MAX_EXPORT_PRICE..=MAX_EXPORT_PRICE).contains(&f)
+    {
+        return Err(err(
+            "controller.export_price.fixed",
+            format!("{f} µ/kWh is outside ±{MAX_EXPORT_PRICE}"),
+        ));
+    }
+    match &e.schedule_file {
+        Some(file) => ExportPriceSource::from_file(e.fixed, file)
+            .map_err(|why| err("controller.export_price.schedule_file", why)),
+        None if e.fixed.is_some() => Ok(ExportPriceSource::new(e.fixed, Vec::new())),
+        None => Err(err(
+            "controller.export_price",
+            "needs `fixed` (signed µ/kWh) and/or `schedule_file`".into(),
+        )),
+    }
+}
+
+fn actuator_config(
+    a: &RawActuation,
+    c: &RawController,
+    agent: Option<&RawAgent>,
+    interval_ms: u64,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<crate::actuate::ActuatorConfig, ConfigError> {
+    if !c.curtail && c.battery.is_none() {
+        return Err(err(
+            "controller.actuation.enabled",
+            "nothing to carry out: set controller.curtail = true and/or [controller.battery]"
+                .into(),
+        ));
+    }
+    let modbus = match (&a.modbus, agent) {
+        (Some(m), _) => ("controller.actuation.modbus", m),
+        (None, Some(ag)) => ("meter_agent.modbus", &ag.modbus),
+        (None, None) => {
+            return Err(err(
+                "controller.actuation.modbus",
+                "required without a [meter_agent] section".into(),
+            ));
+        }
+    };
+    let addr: SocketAddr = modbus.1.parse().map_err(|_| {
+        err(
+            modbus.0,
+            format!("{:?} is not an IP:PORT address", modbus.1),
+        )
+    })?;
+    let unit_ok = |u: u8| (1..=247).contains(&u);
+    let inverter_unit = match (a.inverter_unit, agent.map(|ag| ag.inverter_unit)) {
+        (Some(u), _) if unit_ok(u) => u,
+        (Some(_), _) => {
+            return Err(err(
+                "controller.actuation.inverter_unit",
+                "must be a Modbus unit id 1 to 247".into(),
+            ));
+        }
+        (None, Some(u)) if unit_ok(u) => u,
+        (None, _) => {
+            return Err(err(
+                "controller.actuation.inverter_unit",
+                "required (meter_agent.inverter_unit names no inverter)".into(),
+            ));
+        }
+    };
+    let battery_unit = match a.battery_unit {
+        Some(u) if unit_ok(u) => Some(u),
+        Some(_) => {
+            return Err(err(
+                "controller.actuation.battery_unit",
+                "must be a Modbus unit id 1 to 247".into(),
+            ));
+        }
+        None => c.battery.map(|_| inverter_unit),
+    };
+    if !(100..=60_000).contains(&a.timeout_ms) {
+        return Err(err(
+            "controller.actuation.timeout_ms",
+            "must be 100 to 60000".into(),
+        ));
+    }
+    Ok(crate::actuate::ActuatorConfig {
+        transport: meter_agent::link::Transport::Tcp(addr),
+        inverter_unit,
+        battery_unit,
+        timeout: std::time::Duration::from_millis(a.timeout_ms),
+        revert_s: crate::actuate::ActuatorConfig::revert_for_interval(interval_ms),
+    })
 }
 
 fn strategy_params(
@@ -1081,5 +1375,144 @@ longitude = 7.01
             check(&text).expect_err("no engine").key,
             "dashboard.enabled"
         );
+    }
+
+    /// `[controller.export_price]` and `[controller.actuation]`: defaults
+    /// from `[meter_agent]`, and errors naming the key (and the schedule
+    /// file's line).
+    #[test]
+    fn export_price_and_actuation() {
+        let dir = std::env::temp_dir().join(format!("voltshare-cfg-price-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let sched = dir.join("prices.txt");
+        std::fs::write(
+            &sched,
+            "# day-ahead feed-in\n2021-06-21T10:00:00Z  -20000\n2021-06-21T13:00:00+02:00, 5000 # back\n",
+        )
+        .expect("schedule");
+        let base = good();
+        let with = |extra: &str| format!("{base}curtail = true\n{extra}");
+        let text = with(&format!(
+            "[controller.export_price]\nfixed = 30000\nschedule_file = \"{}\"\n[controller.actuation]\nenabled = true\n",
+            sched.display()
+        ));
+        let c = check(&text).expect("valid").controller.expect("controller");
+        let ep = c.export_price.expect("export price");
+        assert_eq!(ep.schedule.len(), 2);
+        assert_eq!(
+            ep.price_at(protocol::UnixMs(1_624_269_599_999)),
+            Some(30_000)
+        );
+        assert_eq!(
+            ep.price_at(protocol::UnixMs(1_624_269_600_000)),
+            Some(-20_000)
+        );
+        assert_eq!(
+            ep.price_at(protocol::UnixMs(1_624_269_600_000 + 3_600_000)),
+            Some(5_000)
+        );
+        let a = c.actuator.expect("actuator");
+        assert_eq!(a.inverter_unit, 1);
+        assert_eq!(a.battery_unit, None);
+        assert_eq!(
+            a.transport,
+            meter_agent::link::Transport::Tcp("192.168.1.50:502".parse().expect("addr"))
+        );
+        assert_eq!(a.revert_s, 1_800);
+
+        let bad = dir.join("bad.txt");
+        std::fs::write(
+            &bad,
+            "2021-06-21T10:00:00Z -20000\n2021-06-21T09:00:00Z 1\n",
+        )
+        .expect("schedule");
+        let cases: Vec<(String, &str, &str)> = vec![
+            (
+                with("[controller.export_price]\n"),
+                "controller.export_price",
+                "needs `fixed`",
+            ),
+            (
+                with("[controller.export_price]\nfixed = -20000000\n"),
+                "controller.export_price.fixed",
+                "outside",
+            ),
+            (
+                with(&format!(
+                    "[controller.export_price]\nschedule_file = \"{}\"\n",
+                    bad.display()
+                )),
+                "controller.export_price.schedule_file",
+                "bad.txt:2: 2021-06-21T09:00:00Z is not after",
+            ),
+            (
+                with(&format!(
+                    "[controller.export_price]\nschedule_file = \"{}\"\n",
+                    dir.join("missing.txt").display()
+                )),
+                "controller.export_price.schedule_file",
+                "missing.txt",
+            ),
+            (
+                good() + "[controller.actuation]\nenabled = true\n",
+                "controller.actuation.enabled",
+                "nothing to carry out",
+            ),
+            (
+                with("[controller.actuation]\nenabled = true\ninverter_unit = 0\n"),
+                "controller.actuation.inverter_unit",
+                "1 to 247",
+            ),
+            (
+                with("[controller.actuation]\nenabled = true\nmodbus = \"inverter\"\n"),
+                "controller.actuation.modbus",
+                "IP:PORT",
+            ),
+            (
+                with("[controller.actuation]\nenabled = true\ntimeout_ms = 5\n"),
+                "controller.actuation.timeout_ms",
+                "100 to 60000",
+            ),
+        ];
+        for (text, key, words) in cases {
+            let e = check(&text).expect_err(key);
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.message.contains(words), "{e}");
+            assert!(e.line.is_some(), "{e}");
+        }
+        let t = "2021-06-21T10:00:00Z 1 2\n";
+        assert_eq!(parse_price_schedule(t).expect_err("3 fields").0, 1);
+        assert!(
+            parse_price_schedule("\n# only a comment\n")
+                .expect("empty")
+                .is_empty()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Home Assistant's broker takes the same TLS keys as `[broker]`,
+    /// checked and read while validating.
+    #[test]
+    fn home_assistant_broker_may_use_tls() {
+        let ha = "[home_assistant]\nenabled = true\nhost = \"ha.local\"\nport = 8883\ntls = true\n";
+        let e = check(&format!("{}{ha}", good())).expect_err("no CA");
+        assert_eq!(e.key, "home_assistant.ca_file", "{e}");
+        assert!(e.message.contains("required with tls"), "{e}");
+        let e = check(&format!(
+            "{}{ha}ca_file = \"/nonexistent/ha-ca.crt\"\n",
+            good()
+        ))
+        .expect_err("missing CA file");
+        assert_eq!(e.key, "home_assistant.ca_file", "{e}");
+        assert!(e.message.contains("ha-ca.crt"), "{e}");
+        let e = check(&format!(
+            "{}{ha}ca_file = \"/nonexistent/ha-ca.crt\"\ncert_file = \"c.crt\"\n",
+            good()
+        ))
+        .expect_err("cert without key");
+        assert_eq!(e.key, "home_assistant.key_file", "{e}");
+        // Without TLS, as before.
+        let cfg = check(&format!("{}[home_assistant]\nenabled = true\n", good())).expect("plain");
+        assert!(!cfg.home_assistant.expect("ha").security.is_tls());
     }
 }

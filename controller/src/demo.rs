@@ -265,7 +265,7 @@ pub async fn run_demo_on(
             place_at_permille: 500,
             engine_key: engine_key.verifying_key(),
             security: Default::default(),
-            export_price_now: None,
+            export_price: None,
         };
         let stats = Arc::new(ControllerStats::default());
         ctl_stats.push(stats.clone());

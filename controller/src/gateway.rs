@@ -16,8 +16,9 @@
 //! files the validation already read. The broker sees the gateway's
 //! certificate identity on every connection, which is what its ACLs key on.
 
+use crate::actuate::Actuator;
 use crate::config::{AgentRole, BrokerSecurity, GatewayConfig, HouseholdIdentity};
-use crate::household::{ControllerConfig, ControllerStats, run_controller};
+use crate::household::{ControllerConfig, ControllerStats, run_controller_with};
 use anyhow::{Context, anyhow};
 use meter_agent::{AgentConfig, AgentStats, run_agent};
 use protocol::{Clock, GridId};
@@ -187,8 +188,14 @@ pub async fn run_gateway(
             place_at_permille: 500,
             engine_key: h.engine_key,
             security: cfg.security.clone(),
-            export_price_now: None,
+            export_price: c.export_price.clone(),
         };
+        // The devices the decisions are written to, when the config names
+        // them (`[controller.actuation]`); otherwise they are only logged.
+        let actuator = c.actuator.clone().map(|a| {
+            info!(transport = %a.transport, inverter_unit = a.inverter_unit, battery_unit = ?a.battery_unit, "controller actuates devices");
+            Actuator::new(a, clock.clone())
+        });
         let (k, cl, s, r, st) = (
             key.clone(),
             clock.clone(),
@@ -197,7 +204,7 @@ pub async fn run_gateway(
             ctl_stats.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = run_controller(ccfg, k, cl, r, s, st).await {
+            if let Err(e) = run_controller_with(ccfg, k, cl, r, s, st, actuator).await {
                 warn!(error = %e, "controller stopped");
             }
         }));

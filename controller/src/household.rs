@@ -8,7 +8,12 @@
 //!
 //! Device decisions (an export limit when exporting costs money, a battery
 //! mode) go to the devices through [`crate::actuate::Actuator`] when one is
-//! given ([`run_controller_with`]); without one they are only logged.
+//! given ([`run_controller_with`]; `voltshare run` gives one when the config
+//! has `[controller.actuation]`); without one they are only logged. The
+//! export price of the target interval comes from the configured
+//! [`crate::config::ExportPriceSource`] (its schedule file is read again
+//! when it changes); with an actuator and a `[controller.battery]`, the
+//! battery's state of charge is read from the device before each plan.
 //!
 //! History: the strategy's consumption profile looks a week back, so the
 //! controller keeps eight days of observations, thinned to one a minute
@@ -43,9 +48,10 @@ pub struct ControllerConfig {
     pub engine_key: VerifyingKey,
     /// TLS and credentials for the broker (plain TCP by default).
     pub security: crate::config::BrokerSecurity,
-    /// The current price for exporting to the utility, signed µ/kWh, when a
-    /// dynamic feed-in tariff applies (drives curtailment).
-    pub export_price_now: Option<i64>,
+    /// Where the price for exporting to the utility comes from, when a
+    /// dynamic feed-in tariff applies (drives curtailment); `None`: the
+    /// fixed feed-in tariff, nothing is ever curtailed.
+    pub export_price: Option<crate::config::ExportPriceSource>,
 }
 
 /// What the controller has done, for the dashboard and tests.
@@ -135,6 +141,7 @@ pub async fn run_controller_with(
     actuator: Option<crate::actuate::Actuator>,
 ) -> Result<(), rumqttc::ClientError> {
     let mut actuator = actuator.map(|a| a.with_stats(Arc::clone(&stats.actuation)));
+    let mut export_price = cfg.export_price.clone();
     let mut latest: Option<Reading> = None;
     let mut opts = MqttOptions::new(
         format!("vs-ctl-{}-{}", cfg.grid, cfg.household),
@@ -242,17 +249,41 @@ pub async fn run_controller_with(
             .lock()
             .map(|r| r.iter().copied().collect())
             .unwrap_or_default();
-        // No battery telemetry reaches the controller yet (the meter agent
-        // reads inverter and grid meter only), so the battery part of the
-        // strategy stays idle here; the benchmark exercises it.
+        // The export price in force when the target interval starts.
+        let export_price_now = match export_price.as_mut() {
+            Some(src) => {
+                match src.reload() {
+                    Ok(true) => {
+                        info!(household = %cfg.household, entries = src.schedule.len(), "export price schedule loaded")
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        warn!(household = %cfg.household, %error, "export price schedule not reloaded; the previous one stays")
+                    }
+                }
+                src.price_at(target.start())
+            }
+            None => None,
+        };
+        // The battery's state of charge, from the device the actuator
+        // commands (the meter agent reads inverter and grid meter only).
+        let battery_soc_wh = match (cfg.strategy.battery, actuator.as_mut()) {
+            // Bounded, so that a silent device never holds the orders back.
+            (Some(b), Some(a)) => tokio::time::timeout(Duration::from_secs(5), a.battery_soc_pct())
+                .await
+                .ok()
+                .flatten()
+                .map(|pct| b.capacity_wh.saturating_mul(u64::from(pct)) / 100),
+            _ => None,
+        };
         let market = MarketView {
             recent_prices: &prices,
-            export_price_now: cfg.export_price_now,
-            battery_soc_wh: None,
+            export_price_now,
+            battery_soc_wh,
         };
         let decided = plan_interval(&obs, &market, target, &cfg.strategy);
         if let Some(limit) = decided.curtail_export_w {
-            info!(household = %cfg.household, interval = target.0, export_limit_w = limit.0, "curtailment decided");
+            info!(household = %cfg.household, interval = target.0, export_limit_w = limit.0, ?export_price_now, "curtailment decided");
         }
         let planned = &decided.orders;
         for (step, p) in planned.iter().enumerate() {
