@@ -81,7 +81,7 @@ pub fn build_book(orders: &[Order]) -> Vec<BookOrder> {
     let mut book: Vec<BookOrder> = active
         .into_values()
         .map(|o| BookOrder {
-            id: o.id(),
+            id: o.id().into(),
             household: o.household.clone(),
             side: o.side,
             quantity_wh: o.quantity_wh,
@@ -212,8 +212,8 @@ pub async fn clear_interval(
         .bind(i64::try_from(idx).unwrap_or(i64::MAX))
         .bind(t.buyer.as_str())
         .bind(t.seller.as_str())
-        .bind(&t.buy_order)
-        .bind(&t.sell_order)
+        .bind(t.buy_order.as_str())
+        .bind(t.sell_order.as_str())
         .bind(to_i64(t.quantity_wh.0, "quantity")?)
         .bind(to_i64(t.price.0, "price")?)
         .bind(to_i64(t.buyer_price.0, "price")?)

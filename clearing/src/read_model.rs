@@ -211,7 +211,7 @@ impl ReadModel for EngineReadModel {
                 orders: book
                     .into_iter()
                     .map(|o| BookOrderRow {
-                        nonce: nonces.get(&o.id).copied().unwrap_or(0),
+                        nonce: nonces.get(o.id.as_str()).copied().unwrap_or(0),
                         household: o.household.to_string(),
                         side: side_name(o.side).to_owned(),
                         quantity_wh: o.quantity_wh.0,

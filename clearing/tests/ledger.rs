@@ -298,7 +298,7 @@ async fn intake_clear_and_settle_without_a_broker() {
         ("buyer", "seller", 800)
     );
     assert_eq!(
-        t.buy_order, "buyer-2",
+        &*t.buy_order, "buyer-2",
         "the amendment replaced the first buy"
     );
 

@@ -15,8 +15,8 @@ fn trade(buyer: &str, seller: &str, wh: u64, price: u64, buyer_price: u64) -> Tr
     Trade {
         buyer: h(buyer),
         seller: h(seller),
-        buy_order: format!("{buyer}-1"),
-        sell_order: format!("{seller}-1"),
+        buy_order: format!("{buyer}-1").into(),
+        sell_order: format!("{seller}-1").into(),
         quantity_wh: WattHours(wh),
         price: MicroPerKwh(price),
         buyer_price: MicroPerKwh(buyer_price),

@@ -231,7 +231,7 @@ pub fn run(opts: &StrategyBenchOptions) -> StrategyBenchReport {
             plans[i] = plan.battery;
             for (k, o) in plan.orders.iter().enumerate() {
                 book.push(BookOrder {
-                    id: format!("{}-{}-{k}", h.id, t),
+                    id: format!("{}-{}-{k}", h.id, t).into(),
                     household: h.id.clone(),
                     side: o.side,
                     quantity_wh: o.quantity_wh,

@@ -132,4 +132,9 @@ fn bench_clearing_prints_orders_mechanism_millis() {
     assert_eq!(v["orders"], 20000);
     assert_eq!(v["mechanism"], "mcafee");
     assert!(v["millis"].is_u64(), "{v}");
+    // The best run is never slower than the first, and a random book of
+    // 20 000 orders trades.
+    assert!(v["micros_first"].as_u64() >= v["micros"].as_u64(), "{v}");
+    assert!(v["trades"].as_u64().is_some_and(|t| t > 0), "{v}");
+    assert!(v["millis_indexed"].is_u64(), "{v}");
 }

@@ -2,8 +2,9 @@
 //! so they are restricted to a safe alphabet: ASCII letters, digits, `-` and
 //! `_`, 1 to 64 characters.
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
+use std::sync::Arc;
 
 /// Why a string is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,16 +37,19 @@ pub fn validate_id(s: &str) -> Result<(), IdError> {
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        ///
+        /// Shared text behind one thin pointer: a clone is a reference-count
+        /// increment, not a copy (an auction's trades repeat their
+        /// households' ids, and a trade stays small).
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Arc<String>);
 
         impl $name {
             /// Validates and wraps an identifier.
             pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
                 let s = s.into();
                 validate_id(&s)?;
-                Ok(Self(s))
+                Ok(Self(Arc::new(s)))
             }
             /// The identifier as text.
             pub fn as_str(&self) -> &str {
@@ -63,6 +67,12 @@ macro_rules! id_type {
             type Err = IdError;
             fn from_str(s: &str) -> Result<Self, IdError> {
                 Self::new(s)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
             }
         }
 

@@ -23,6 +23,7 @@ use super::{BookOrder, Outcome, clear, inputs_hash};
 use protocol::{AuctionParams, HouseholdId, Mechanism, MicroPerKwh, PriceRule, Side, WattHours};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Why an offline book was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,7 +95,7 @@ pub fn parse_book(input: &str) -> Result<(Vec<BookOrder>, AuctionParams), BookEr
             return Err(BookError::DuplicateId {
                 index,
                 first,
-                id: order.id,
+                id: order.id.to_string(),
             });
         }
         // Borrow the id from the input value, which outlives the map.
@@ -199,7 +200,7 @@ fn parse_order(index: usize, v: &Value) -> Result<BookOrder, BookError> {
     }
     let limit = uint("limit_price")?;
     Ok(BookOrder {
-        id: id_text.to_owned(),
+        id: Arc::new(id_text.to_owned()),
         household,
         side,
         quantity_wh: WattHours(quantity),
@@ -217,8 +218,8 @@ pub fn outcome_json(orders: &[BookOrder], params: &AuctionParams, outcome: &Outc
             json!({
                 "buyer": t.buyer.as_str(),
                 "seller": t.seller.as_str(),
-                "buy_order": t.buy_order,
-                "sell_order": t.sell_order,
+                "buy_order": &*t.buy_order,
+                "sell_order": &*t.sell_order,
                 "quantity_wh": t.quantity_wh.0,
                 "price": t.price.0,
                 "buyer_price": t.buyer_price.0,

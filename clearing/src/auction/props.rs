@@ -17,9 +17,9 @@ fn book() -> impl Strategy<Value = Vec<BookOrder>> {
             .map(|(i, (hh, is_buy, q, p, dup))| BookOrder {
                 // One order in eight shares an id with others.
                 id: if dup == 0 {
-                    format!("d{}", i % 3)
+                    format!("d{}", i % 3).into()
                 } else {
-                    format!("o{i}")
+                    format!("o{i}").into()
                 },
                 household: HouseholdId::new(format!("h{hh}")).expect("household id"),
                 side: if is_buy { Side::Buy } else { Side::Sell },
@@ -89,9 +89,9 @@ fn reference(
         let q = rb.min(ra).min(left);
         let (b, a) = (bids[i].1, asks[j].1);
         out.push((
-            b.id.clone(),
+            b.id.to_string(),
             b.household.to_string(),
-            a.id.clone(),
+            a.id.to_string(),
             a.household.to_string(),
             q,
         ));
@@ -135,7 +135,7 @@ fn check(orders: &[BookOrder], p: &AuctionParams, seed: u64) -> Result<(), TestC
     let mut offered: HashMap<(String, String, Side), u64> = HashMap::new();
     for o in orders {
         *offered
-            .entry((o.id.clone(), o.household.to_string(), o.side))
+            .entry((o.id.to_string(), o.household.to_string(), o.side))
             .or_default() += o.quantity_wh.0;
     }
     let mut used: HashMap<(String, String, Side), u64> = HashMap::new();
@@ -144,10 +144,10 @@ fn check(orders: &[BookOrder], p: &AuctionParams, seed: u64) -> Result<(), TestC
     for t in &out.trades {
         prop_assert!(t.quantity_wh.0 > 0);
         *used
-            .entry((t.buy_order.clone(), t.buyer.to_string(), Side::Buy))
+            .entry((t.buy_order.to_string(), t.buyer.to_string(), Side::Buy))
             .or_default() += t.quantity_wh.0;
         *used
-            .entry((t.sell_order.clone(), t.seller.to_string(), Side::Sell))
+            .entry((t.sell_order.to_string(), t.seller.to_string(), Side::Sell))
             .or_default() += t.quantity_wh.0;
         *hh_bought.entry(t.buyer.to_string()).or_default() += t.quantity_wh.0;
         *hh_sold.entry(t.seller.to_string()).or_default() += t.quantity_wh.0;
@@ -167,9 +167,9 @@ fn check(orders: &[BookOrder], p: &AuctionParams, seed: u64) -> Result<(), TestC
     // Individual rationality and tariff bounds, trade by trade.
     for t in &out.trades {
         let limit_ok = |side: Side, id: &str, hh: &HouseholdId, ok: &dyn Fn(u64) -> bool| {
-            orders
-                .iter()
-                .any(|o| o.side == side && o.id == id && &o.household == hh && ok(o.limit_price.0))
+            orders.iter().any(|o| {
+                o.side == side && o.id.as_str() == id && &o.household == hh && ok(o.limit_price.0)
+            })
         };
         prop_assert!(
             limit_ok(Side::Buy, &t.buy_order, &t.buyer, &|l| t.buyer_price.0 <= l),
@@ -218,9 +218,9 @@ fn check(orders: &[BookOrder], p: &AuctionParams, seed: u64) -> Result<(), TestC
         .iter()
         .map(|t| {
             (
-                t.buy_order.clone(),
+                t.buy_order.to_string(),
                 t.buyer.to_string(),
-                t.sell_order.clone(),
+                t.sell_order.to_string(),
                 t.seller.to_string(),
                 t.quantity_wh.0,
             )

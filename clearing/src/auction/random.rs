@@ -49,7 +49,7 @@ pub fn random_book(n: usize, seed: u64) -> Vec<BookOrder> {
             (Side::Sell, rng.range(60, 300) * 1000)
         };
         book.push(BookOrder {
-            id: format!("{household}-{i}"),
+            id: format!("{household}-{i}").into(),
             household: household.clone(),
             side,
             quantity_wh: WattHours(rng.range(10, 2500)),

@@ -10,7 +10,7 @@ const RETAIL: u64 = 320_000;
 
 fn order(id: &str, hh: &str, side: Side, q: u64, p: u64) -> BookOrder {
     BookOrder {
-        id: id.into(),
+        id: id.to_owned().into(),
         household: HouseholdId::new(hh).expect("household id"),
         side,
         quantity_wh: WattHours(q),
@@ -49,8 +49,8 @@ fn check(orders: &[BookOrder], p: &AuctionParams, price: Option<u64>, trades: &[
         .iter()
         .map(|t| {
             (
-                t.buy_order.clone(),
-                t.sell_order.clone(),
+                t.buy_order.to_string(),
+                t.sell_order.to_string(),
                 t.quantity_wh.0,
                 t.price.0,
                 t.buyer_price.0,

@@ -50,8 +50,8 @@ pub fn synthetic_trades(trades: usize, households: usize) -> Vec<Trade> {
             Trade {
                 buyer: hh(sellers + b),
                 seller: hh(s),
-                buy_order: format!("{}-{}", hh(sellers + b), i + 1),
-                sell_order: format!("{}-{}", hh(s), i + 1),
+                buy_order: format!("{}-{}", hh(sellers + b), i + 1).into(),
+                sell_order: format!("{}-{}", hh(s), i + 1).into(),
                 quantity_wh: WattHours(100 + (i as u64 * 37) % 400),
                 price: MicroPerKwh(150_000 + (i as u64 % 7) * 1_000),
                 buyer_price: MicroPerKwh(160_000 + (i as u64 % 7) * 1_000),

@@ -447,8 +447,8 @@ pub async fn verify_published(
         .map(|t: &Trade| PublishedTrade {
             buyer: t.buyer.to_string(),
             seller: t.seller.to_string(),
-            buy_order: t.buy_order.clone(),
-            sell_order: t.sell_order.clone(),
+            buy_order: t.buy_order.to_string(),
+            sell_order: t.sell_order.to_string(),
             quantity_wh: t.quantity_wh.0,
             price: t.price.0,
             buyer_price: t.buyer_price.0,
