@@ -14,6 +14,22 @@
 //! un-acknowledged a full `resend_after` period after they were sent are
 //! republished, again in order.
 //!
+//! Flow control: at most [`PUBLISH_WINDOW`] rows past the oldest
+//! un-acknowledged one are out at a time; each ack message opens the window
+//! again and the next rows follow at once. A backlog therefore waits in the
+//! outbox, not in the broker's queue for an absent engine, and draining it
+//! is paced by the engine's acks. Without the window, every resend period of
+//! an engine outage republished the whole backlog (50 meters at 1 Hz: tens
+//! of thousands of duplicates per period), which the engine, once back, had
+//! to look up one by one before it reached anything new. Resends that see no
+//! ack at all since the previous one (an engine that is away, not a lost
+//! message) back off, doubling the period up to [`RESEND_BACKOFF_MAX`]
+//! periods; any ack resets that.
+//!
+//! Disk: a reading and the counter guard's baseline are one commit (one
+//! fsync); the rows an ack message acknowledges are deleted in one
+//! transaction without an fsync (see [`crate::outbox`]).
+//!
 //! Threads of control: the MQTT event loop runs in its own task (it must be
 //! polled continuously) and forwards only what the agent needs (connected,
 //! disconnected, incoming ack messages) over an unbounded channel, so that the
@@ -47,6 +63,14 @@ const MODBUS_TIMEOUT: Duration = Duration::from_secs(1);
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Rows fetched from the outbox per batch while (re)publishing.
 const PUBLISH_BATCH: u32 = 200;
+/// Most rows out at once, counted from the oldest un-acknowledged one.
+/// Large enough that one meter draining a backlog fills the engine's
+/// batches (128 rows per ack round trip of a few milliseconds), small enough
+/// that 50 meters' windows together stay within one intake batch.
+pub const PUBLISH_WINDOW: u64 = 128;
+/// Longest wait between two resends that saw no ack, in `resend_after`
+/// periods.
+pub const RESEND_BACKOFF_MAX: u32 = 8;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Longest Modbus reconnect backoff, in poll periods.
@@ -229,6 +253,17 @@ struct Agent {
     /// The cursor at the previous resend tick: rows below it have been out
     /// for at least one `resend_after` period.
     resend_mark: u64,
+    /// The last sequence number stored (rows up to it may wait to be sent).
+    issued: u64,
+    /// A lower bound of the oldest un-acknowledged seq (it only grows), so
+    /// that the window is checked against the database only near its edge.
+    oldest_hint: u64,
+    /// An ack was applied since the last resend.
+    acked_since_resend: bool,
+    /// Resend ticks still to let pass (backoff while no ack comes).
+    resend_wait: u32,
+    /// The current resend period, in `resend_after` periods.
+    resend_backoff: u32,
 }
 
 impl Agent {
@@ -270,8 +305,8 @@ impl Agent {
     }
 
     /// One poll: read the devices, and if the meter answered, sign and store
-    /// a reading. Returns whether a reading was stored.
-    async fn poll(&mut self) -> bool {
+    /// a reading. Returns the stored reading's seq and wire bytes.
+    async fn poll(&mut self) -> Option<(u64, Vec<u8>)> {
         match self.outbox.is_full().await {
             Ok(true) => {
                 AgentStats::inc(&self.stats.skipped_full);
@@ -279,7 +314,7 @@ impl Agent {
                     warn!(meter = %self.cfg.meter, max = self.outbox.max_rows(),
                         "ALARM: outbox full; polling stopped until the engine acknowledges readings");
                 }
-                return false;
+                return None;
             }
             Ok(false) => {
                 if self.stats.outbox_full.swap(false, Ordering::SeqCst) {
@@ -289,16 +324,16 @@ impl Agent {
             Err(error) => {
                 AgentStats::inc(&self.stats.db_errors);
                 error!(%error, "outbox unreadable; skipping poll");
-                return false;
+                return None;
             }
         }
         if !self.ensure_devices().await {
             AgentStats::inc(&self.stats.poll_failures);
-            return false;
+            return None;
         }
         let meter = match self.devices.grid.device.as_ref() {
             Some(d) => d.read_grid().await,
-            None => return false,
+            None => return None,
         };
         let inverter = match self.devices.pv.as_ref().and_then(|p| p.device.as_ref()) {
             Some(d) => Some(d.read_pv().await),
@@ -312,7 +347,7 @@ impl Agent {
                 AgentStats::inc(&self.stats.poll_failures);
                 // The link reconnects by itself at the next request.
                 warn!(meter = %self.cfg.meter, %error, "meter read failed; no reading");
-                return false;
+                return None;
             }
         };
         let (pv, status) = match inverter {
@@ -334,7 +369,7 @@ impl Agent {
                     Some(v) => (Some(v), DeviceStatus::Stale),
                     None => {
                         AgentStats::inc(&self.stats.poll_failures);
-                        return false;
+                        return None;
                     }
                 }
             }
@@ -357,7 +392,7 @@ impl Agent {
                 AgentStats::inc(&self.stats.db_errors);
                 error!(%error, "could not record quarantined reading");
             }
-            return false;
+            return None;
         }
         let mut reading = Reading {
             grid: self.cfg.grid.clone(),
@@ -375,18 +410,15 @@ impl Agent {
         let key = &self.key;
         let stored = self
             .outbox
-            .append(&self.cfg.meter, now, |seq| {
+            .append_reading(&self.cfg.meter, now, &counters, |seq| {
                 reading.seq = seq;
                 SignedEnvelope::sign_json(Domain::Reading, key, &reading)
             })
             .await;
         match stored {
-            Ok((seq, _)) => {
+            Ok((seq, env)) => {
                 debug!(meter = %self.cfg.meter, seq, "reading stored");
-                if let Err(error) = self.outbox.save_baseline(&self.cfg.meter, &counters).await {
-                    AgentStats::inc(&self.stats.db_errors);
-                    error!(%error, "could not store the counter baseline");
-                }
+                self.issued = self.issued.max(seq);
                 AgentStats::inc(&self.stats.readings);
                 let live = LivePower {
                     household: reading.household.clone(),
@@ -406,26 +438,31 @@ impl Agent {
                     );
                     let _ = tokio::time::timeout(Duration::from_millis(200), fut).await;
                 }
-                true
+                Some((seq, env.encode()))
             }
             Err(OutboxError::Full { .. }) => {
                 // Raced to the bound between the check and the insert.
                 self.stats.outbox_full.store(true, Ordering::SeqCst);
-                false
+                None
             }
             Err(error) => {
                 AgentStats::inc(&self.stats.db_errors);
                 error!(meter = %self.cfg.meter, %error, "could not store reading");
-                false
+                None
             }
         }
     }
 
     /// Publishes un-acknowledged rows with `seq >= from`, in order, advancing
-    /// the cursor. Stops at the first publish that the client does not take.
+    /// the cursor. Stops at the edge of the window ([`PUBLISH_WINDOW`] past
+    /// the oldest un-acknowledged row) and at the first publish that the
+    /// client does not take.
     async fn publish_from(&mut self, from: u64, resend: bool) {
         let mut next = from;
         loop {
+            if !self.window_open(next).await {
+                return;
+            }
             let rows = match self
                 .outbox
                 .pending(&self.cfg.meter, next, PUBLISH_BATCH)
@@ -443,6 +480,10 @@ impl Agent {
             }
             for row in rows {
                 if !self.connected {
+                    return;
+                }
+                if !self.window_open(row.seq).await {
+                    // The window is full: the next ack opens it.
                     return;
                 }
                 let fut =
@@ -471,6 +512,46 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Publishes the reading just stored: straight from memory when it is
+    /// the next to go and the window is open (no outbox read), otherwise
+    /// whatever waits from the cursor on.
+    async fn publish_new(&mut self, seq: u64, bytes: Vec<u8>) {
+        if seq != self.cursor.max(1) || !self.window_open(seq).await {
+            let from = self.cursor;
+            self.publish_from(from, false).await;
+            return;
+        }
+        let fut = self
+            .mqtt
+            .publish(&self.readings_topic, QoS::AtLeastOnce, false, bytes);
+        match tokio::time::timeout(PUBLISH_TIMEOUT, fut).await {
+            Ok(Ok(())) => {
+                AgentStats::inc(&self.stats.published);
+                self.cursor = seq + 1;
+            }
+            Ok(Err(error)) => warn!(%error, seq, "mqtt client refused publish"),
+            Err(_) => debug!(seq, "mqtt event loop busy or offline; publish deferred"),
+        }
+    }
+
+    /// Whether `seq` lies within the window (the database is asked only when
+    /// the hint says it might not).
+    async fn window_open(&mut self, seq: u64) -> bool {
+        if seq < self.oldest_hint.saturating_add(PUBLISH_WINDOW) {
+            return true;
+        }
+        match self.outbox.first_pending(&self.cfg.meter).await {
+            // Nothing pending: whatever comes next is the oldest.
+            Ok(oldest) => self.oldest_hint = oldest.unwrap_or(seq),
+            Err(error) => {
+                AgentStats::inc(&self.stats.db_errors);
+                error!(%error, "outbox unreadable; publish deferred");
+                return false;
+            }
+        }
+        seq < self.oldest_hint.saturating_add(PUBLISH_WINDOW)
     }
 
     /// Handles an incoming message on the acks topic.
@@ -503,41 +584,106 @@ impl Agent {
             return;
         }
         let now = self.clock.now();
+        // Accepted and duplicate rows leave in one transaction.
+        let mut done = Vec::with_capacity(ack.items.len());
         for item in ack.items {
             if item.kind != AckKind::Reading
                 || item.meter.as_ref().is_some_and(|m| *m != self.cfg.meter)
             {
                 continue;
             }
-            let done = match &item.outcome {
-                AckOutcome::Accepted | AckOutcome::Duplicate => {
-                    self.outbox.ack(&self.cfg.meter, item.seq).await
-                }
+            match &item.outcome {
+                AckOutcome::Accepted | AckOutcome::Duplicate => done.push(item.seq),
                 AckOutcome::Rejected(reason) => {
                     warn!(meter = %self.cfg.meter, seq = item.seq, %reason, "engine rejected reading; dead-lettered");
-                    self.outbox
+                    match self
+                        .outbox
                         .reject(&self.cfg.meter, item.seq, reason, now)
                         .await
-                }
-            };
-            match done {
-                Ok(crate::outbox::AckApplied::Applied) => {
-                    let c = if matches!(item.outcome, AckOutcome::Rejected(_)) {
-                        &self.stats.rejected
-                    } else {
-                        &self.stats.acked
-                    };
-                    AgentStats::inc(c);
-                }
-                Ok(crate::outbox::AckApplied::Unknown) => {
-                    debug!(seq = item.seq, "ack for a row already gone")
-                }
-                Err(error) => {
-                    AgentStats::inc(&self.stats.db_errors);
-                    error!(%error, seq = item.seq, "could not apply ack");
+                    {
+                        Ok(crate::outbox::AckApplied::Applied) => {
+                            AgentStats::inc(&self.stats.rejected);
+                            self.on_progress();
+                        }
+                        Ok(crate::outbox::AckApplied::Unknown) => {
+                            debug!(seq = item.seq, "ack for a row already gone")
+                        }
+                        Err(error) => {
+                            AgentStats::inc(&self.stats.db_errors);
+                            error!(%error, seq = item.seq, "could not apply ack");
+                        }
+                    }
                 }
             }
         }
+        match self.outbox.ack_many(&self.cfg.meter, &done).await {
+            Ok(n) => {
+                if n > 0 {
+                    self.stats.acked.fetch_add(n, Ordering::Relaxed);
+                    self.on_progress();
+                }
+                if n < done.len() as u64 {
+                    debug!(
+                        repeated = done.len() as u64 - n,
+                        "acks for rows already gone"
+                    );
+                }
+            }
+            Err(error) => {
+                AgentStats::inc(&self.stats.db_errors);
+                error!(%error, rows = done.len(), "could not apply acks");
+            }
+        }
+        // The window moved: send what waits behind it.
+        if self.connected && self.cursor <= self.issued {
+            let from = self.cursor;
+            self.publish_from(from, false).await;
+        }
+    }
+
+    /// The engine took rows off the outbox: it is there, so resends go back
+    /// to their base period.
+    fn on_progress(&mut self) {
+        self.acked_since_resend = true;
+        self.resend_wait = 0;
+    }
+
+    /// Every `resend_after`: republishes (from the oldest, in order) when the
+    /// oldest un-acknowledged row has been out for a whole period; backs off
+    /// while no ack comes at all.
+    async fn on_resend_tick(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let mark = self.resend_mark;
+        if self.resend_wait > 0 {
+            self.resend_wait -= 1;
+        } else if mark > 0 {
+            // Rows below the mark were published at least one period ago.
+            let stale = self
+                .outbox
+                .first_pending(&self.cfg.meter)
+                .await
+                .ok()
+                .flatten();
+            if stale.is_some_and(|s| s < mark) {
+                self.resend_backoff = if self.acked_since_resend {
+                    1
+                } else {
+                    (self.resend_backoff * 2).min(RESEND_BACKOFF_MAX)
+                };
+                self.acked_since_resend = false;
+                self.resend_wait = self.resend_backoff - 1;
+                debug!(
+                    below = mark,
+                    backoff = self.resend_backoff,
+                    "resending un-acknowledged readings"
+                );
+                self.cursor = 0;
+                self.publish_from(0, true).await;
+            }
+        }
+        self.resend_mark = self.cursor;
     }
 }
 
@@ -605,6 +751,7 @@ pub async fn run_agent_with(
     let security = MqttSecurity::load(&cfg.broker_security)?;
     let outbox = Outbox::open(&cfg.outbox_path, cfg.outbox_max).await?;
     let guard = CounterGuard::new(limits, outbox.baseline(&cfg.meter).await?);
+    let issued = outbox.last_seq(&cfg.meter).await?;
     let devices = Devices::new(&setup, Arc::clone(&clock));
 
     // A persistent session (clean_session = false, stable client id): acks
@@ -649,6 +796,11 @@ pub async fn run_agent_with(
         connected: false,
         cursor: 0,
         resend_mark: 0,
+        issued,
+        oldest_hint: 0,
+        acked_since_resend: true,
+        resend_wait: 0,
+        resend_backoff: 1,
     };
 
     let mut poll_tick = tokio::time::interval(agent.cfg.poll_every);
@@ -665,28 +817,11 @@ pub async fn run_agent_with(
                 }
             }
             _ = poll_tick.tick() => {
-                if agent.poll().await && agent.connected {
-                    let from = agent.cursor;
-                    agent.publish_from(from, false).await;
+                if let Some((seq, bytes)) = agent.poll().await && agent.connected {
+                    agent.publish_new(seq, bytes).await;
                 }
             }
-            _ = resend_tick.tick() => {
-                if agent.connected {
-                    let mark = agent.resend_mark;
-                    if mark > 0 {
-                        // Rows below the mark were published at least one
-                        // period ago and are still not acknowledged.
-                        let stale = agent.outbox.pending(&agent.cfg.meter, 0, 1).await.ok()
-                            .and_then(|r| r.first().map(|r| r.seq));
-                        if stale.is_some_and(|s| s < mark) {
-                            debug!(below = mark, "resending un-acknowledged readings");
-                            agent.cursor = 0;
-                            agent.publish_from(0, true).await;
-                        }
-                    }
-                    agent.resend_mark = agent.cursor;
-                }
-            }
+            _ = resend_tick.tick() => agent.on_resend_tick().await,
             ev = events.recv() => match ev {
                 Some(MqttEvent::Connected { session_present }) => {
                     info!(meter = %agent.cfg.meter, session_present, "mqtt connected");

@@ -7,8 +7,16 @@
 //!   same transaction as the outbox insert: numbers start at 1, are
 //!   contiguous, and survive restarts; a crash between "sign" and "store"
 //!   leaves no gap because nothing is committed.
+//! - The counter guard's baseline is written in the same transaction as the
+//!   reading it admitted ([`Outbox::append_reading`]): one commit, one fsync
+//!   per reading.
 //! - Rows are deleted only on an `Accepted` or `Duplicate` ack; a `Rejected`
 //!   ack moves the row to `dead_letter` (kept for inspection, never resent).
+//!   One ack message's deletions are one transaction ([`Outbox::ack_many`]),
+//!   committed without an fsync (`synchronous=NORMAL` for that transaction
+//!   only): a deletion lost to a power cut only means the row is published
+//!   again and the engine answers `Duplicate`. The next reading's commit
+//!   (`FULL`) syncs the WAL, deletions before it included.
 //! - The outbox is bounded: at `max_rows` rows, [`Outbox::append`] refuses
 //!   with [`OutboxError::Full`] and keeps every old row; the caller stops
 //!   polling and raises an alarm. Nothing is ever dropped silently.
@@ -22,8 +30,33 @@ use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+/// A reading's row and its new sequence number (binds: meter, seq,
+/// envelope, created; meter, seq).
+const APPEND: &str = "INSERT INTO outbox (meter, seq, envelope, created_ms) VALUES (?, ?, ?, ?); \
+     INSERT INTO meter_seq (meter, last_seq) VALUES (?, ?) \
+     ON CONFLICT (meter) DO UPDATE SET last_seq = excluded.last_seq";
+
+/// [`APPEND`] and the counter guard's baseline (binds: meter, at, import,
+/// export, pv).
+const APPEND_WITH_BASELINE: &str = "INSERT INTO outbox (meter, seq, envelope, created_ms) VALUES (?, ?, ?, ?); \
+     INSERT INTO meter_seq (meter, last_seq) VALUES (?, ?) \
+     ON CONFLICT (meter) DO UPDATE SET last_seq = excluded.last_seq; \
+     INSERT INTO counter_baseline (meter, at_ms, import_wh, export_wh, pv_wh) \
+     VALUES (?, ?, ?, ?, ?) ON CONFLICT (meter) DO UPDATE SET at_ms = excluded.at_ms, \
+     import_wh = excluded.import_wh, export_wh = excluded.export_wh, pv_wh = excluded.pv_wh";
+
+/// Deletes the acknowledged rows of a meter (binds: meter, a JSON array of
+/// sequence numbers), without an fsync; returns one row per deletion.
+const ACK_MANY: &str = "PRAGMA synchronous = NORMAL; \
+     DELETE FROM outbox WHERE meter = ? AND seq IN (SELECT value FROM json_each(?)) RETURNING seq; \
+     PRAGMA synchronous = FULL";
 
 /// Why an outbox operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +105,18 @@ fn to_u64(v: i64, what: &'static str) -> Result<u64, OutboxError> {
 pub struct Outbox {
     pool: SqlitePool,
     max_rows: u64,
+    /// Rows in the outbox, counted once at open and kept by every write
+    /// (this handle is the only writer), so that the bound is checked
+    /// without a `COUNT(*)`, which walks the whole table: with a day's
+    /// backlog that was two full scans per poll.
+    rows: Arc<AtomicU64>,
+    /// The last sequence number issued per meter, read from `meter_seq`
+    /// on a meter's first append and kept after each commit.
+    seqs: Arc<Mutex<HashMap<String, u64>>>,
+    /// Set while the connection may be at `synchronous=NORMAL` (inside
+    /// [`Outbox::ack_many`]); every write that must be durable first puts
+    /// it back to `FULL`.
+    relaxed: Arc<AtomicBool>,
 }
 
 impl Outbox {
@@ -97,7 +142,16 @@ impl Outbox {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Outbox { pool, max_rows })
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+            .fetch_one(&pool)
+            .await?;
+        Ok(Outbox {
+            pool,
+            max_rows,
+            rows: Arc::new(AtomicU64::new(to_u64(rows, "row count")?)),
+            seqs: Arc::default(),
+            relaxed: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// Closes the database (checkpointing the WAL).
@@ -112,10 +166,7 @@ impl Outbox {
 
     /// Rows waiting for an acknowledgement.
     pub async fn len(&self) -> Result<u64, OutboxError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
-            .fetch_one(&self.pool)
-            .await?;
-        to_u64(n, "row count")
+        Ok(self.rows.load(Ordering::SeqCst))
     }
 
     /// Whether the outbox holds no rows.
@@ -149,43 +200,115 @@ impl Outbox {
     where
         F: FnOnce(u64) -> Result<SignedEnvelope, EnvelopeError>,
     {
-        let mut tx = self.pool.begin().await?;
-        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
-            .fetch_one(&mut *tx)
-            .await?;
-        let rows = to_u64(rows, "row count")?;
+        self.append_inner(meter, now, None, sign).await
+    }
+
+    /// [`Outbox::append`], also storing the counter guard's new `baseline`
+    /// in the same transaction: the reading and the baseline it set are on
+    /// disk together or not at all, with one commit (one fsync).
+    pub async fn append_reading<F>(
+        &self,
+        meter: &MeterId,
+        now: UnixMs,
+        baseline: &Baseline,
+        sign: F,
+    ) -> Result<(u64, SignedEnvelope), OutboxError>
+    where
+        F: FnOnce(u64) -> Result<SignedEnvelope, EnvelopeError>,
+    {
+        self.append_inner(meter, now, Some(baseline), sign).await
+    }
+
+    async fn append_inner<F>(
+        &self,
+        meter: &MeterId,
+        now: UnixMs,
+        baseline: Option<&Baseline>,
+        sign: F,
+    ) -> Result<(u64, SignedEnvelope), OutboxError>
+    where
+        F: FnOnce(u64) -> Result<SignedEnvelope, EnvelopeError>,
+    {
+        self.ensure_full_sync().await?;
+        let rows = self.rows.load(Ordering::SeqCst);
         if rows >= self.max_rows {
             return Err(OutboxError::Full {
                 rows,
                 max: self.max_rows,
             });
         }
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT last_seq FROM meter_seq WHERE meter = ?")
-                .bind(meter.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        let seq = to_u64(last.unwrap_or(0), "last_seq")?
+        let mut tx = self.pool.begin().await?;
+        let cached = self.cached_seq(meter);
+        let last = match cached {
+            Some(v) => v,
+            None => {
+                let v: Option<i64> =
+                    sqlx::query_scalar("SELECT last_seq FROM meter_seq WHERE meter = ?")
+                        .bind(meter.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                to_u64(v.unwrap_or(0), "last_seq")?
+            }
+        };
+        let seq = last
             .checked_add(1)
             .ok_or(OutboxError::Corrupt("seq overflow"))?;
         let env = sign(seq)?;
-        sqlx::query("INSERT INTO outbox (meter, seq, envelope, created_ms) VALUES (?, ?, ?, ?)")
-            .bind(meter.as_str())
-            .bind(to_i64(seq, "seq")?)
-            .bind(env.encode())
-            .bind(to_i64(now.0, "time")?)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO meter_seq (meter, last_seq) VALUES (?, ?) \
-             ON CONFLICT (meter) DO UPDATE SET last_seq = excluded.last_seq",
-        )
+        // The row, the new number and the baseline in one statement list:
+        // one round trip to the database thread, one commit.
+        let q = sqlx::query(if baseline.is_some() {
+            APPEND_WITH_BASELINE
+        } else {
+            APPEND
+        })
         .bind(meter.as_str())
         .bind(to_i64(seq, "seq")?)
-        .execute(&mut *tx)
-        .await?;
+        .bind(env.encode())
+        .bind(to_i64(now.0, "time")?)
+        .bind(meter.as_str())
+        .bind(to_i64(seq, "seq")?);
+        let q = match baseline {
+            Some(b) => q
+                .bind(meter.as_str())
+                .bind(to_i64(b.at.0, "time")?)
+                .bind(to_i64(b.import_wh, "import_wh")?)
+                .bind(to_i64(b.export_wh, "export_wh")?)
+                .bind(b.pv_wh.map(|v| to_i64(v, "pv_wh")).transpose()?),
+            None => q,
+        };
+        q.execute(&mut *tx).await?;
         tx.commit().await?;
+        self.rows.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut m) = self.seqs.lock() {
+            m.insert(meter.as_str().to_owned(), seq);
+        }
         Ok((seq, env))
+    }
+
+    fn cached_seq(&self, meter: &MeterId) -> Option<u64> {
+        self.seqs.lock().ok()?.get(meter.as_str()).copied()
+    }
+
+    /// Takes `n` deleted rows off the count.
+    fn removed(&self, n: u64) {
+        let _ = self
+            .rows
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| {
+                Some(r.saturating_sub(n))
+            });
+    }
+
+    /// Puts the connection back to `synchronous=FULL` if a relaxed ack
+    /// transaction could not (an error between its pragmas): a reading is
+    /// never committed without an fsync.
+    async fn ensure_full_sync(&self) -> Result<(), OutboxError> {
+        if self.relaxed.load(Ordering::SeqCst) {
+            sqlx::query("PRAGMA synchronous = FULL")
+                .execute(&self.pool)
+                .await?;
+            self.relaxed.store(false, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     /// The counter guard's baseline of `meter`, if any.
@@ -210,7 +333,17 @@ impl Outbox {
 
     /// Stores the guard's new baseline of `meter`.
     pub async fn save_baseline(&self, meter: &MeterId, b: &Baseline) -> Result<(), OutboxError> {
-        sqlx::query(
+        self.ensure_full_sync().await?;
+        Self::baseline_query(meter, b)?.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn baseline_query<'q>(
+        meter: &'q MeterId,
+        b: &Baseline,
+    ) -> Result<sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>, OutboxError>
+    {
+        Ok(sqlx::query(
             "INSERT INTO counter_baseline (meter, at_ms, import_wh, export_wh, pv_wh) \
              VALUES (?, ?, ?, ?, ?) ON CONFLICT (meter) DO UPDATE SET at_ms = excluded.at_ms, \
              import_wh = excluded.import_wh, export_wh = excluded.export_wh, pv_wh = excluded.pv_wh",
@@ -219,10 +352,7 @@ impl Outbox {
         .bind(to_i64(b.at.0, "time")?)
         .bind(to_i64(b.import_wh, "import_wh")?)
         .bind(to_i64(b.export_wh, "export_wh")?)
-        .bind(b.pv_wh.map(|v| to_i64(v, "pv_wh")).transpose()?)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .bind(b.pv_wh.map(|v| to_i64(v, "pv_wh")).transpose()?))
     }
 
     /// Keeps a poll the counter guard refused, for inspection.
@@ -288,6 +418,41 @@ impl Outbox {
             .collect()
     }
 
+    /// The oldest un-acknowledged sequence number of `meter`, if any (one
+    /// primary-key lookup).
+    pub async fn first_pending(&self, meter: &MeterId) -> Result<Option<u64>, OutboxError> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT MIN(seq) FROM outbox WHERE meter = ?")
+            .bind(meter.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        v.map(|v| to_u64(v, "seq")).transpose()
+    }
+
+    /// Deletes the acknowledged (accepted or duplicate) rows `seqs` of
+    /// `meter` in one transaction, committed without an fsync (see the module
+    /// docs: a lost deletion only causes a resend, which the engine answers
+    /// as a duplicate). Returns how many rows were deleted; the others were
+    /// already gone (an ack repeated by the broker).
+    pub async fn ack_many(&self, meter: &MeterId, seqs: &[u64]) -> Result<u64, OutboxError> {
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        let list = serde_json::to_string(seqs).map_err(|_| OutboxError::Corrupt("seq list"))?;
+        // One round trip: relax, delete (autocommit: one transaction),
+        // restore. If a statement fails, `relaxed` stays set and the next
+        // durable write restores FULL first.
+        self.relaxed.store(true, Ordering::SeqCst);
+        let deleted = sqlx::query(ACK_MANY)
+            .bind(meter.as_str())
+            .bind(list)
+            .fetch_all(&self.pool)
+            .await?
+            .len() as u64;
+        self.relaxed.store(false, Ordering::SeqCst);
+        self.removed(deleted);
+        Ok(deleted)
+    }
+
     /// Deletes an acknowledged (accepted or duplicate) row.
     pub async fn ack(&self, meter: &MeterId, seq: u64) -> Result<AckApplied, OutboxError> {
         let done = sqlx::query("DELETE FROM outbox WHERE meter = ? AND seq = ?")
@@ -295,6 +460,7 @@ impl Outbox {
             .bind(to_i64(seq, "seq")?)
             .execute(&self.pool)
             .await?;
+        self.removed(done.rows_affected());
         Ok(if done.rows_affected() > 0 {
             AckApplied::Applied
         } else {
@@ -327,6 +493,7 @@ impl Outbox {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.removed(deleted.rows_affected());
         Ok(
             if moved.rows_affected() > 0 || deleted.rows_affected() > 0 {
                 AckApplied::Applied
@@ -406,5 +573,55 @@ mod tests {
             .await
             .expect("append");
         assert_eq!(seq, 4, "numbers are never reused, even after deletes");
+    }
+
+    #[tokio::test]
+    async fn reading_and_baseline_commit_together_and_acks_batch() {
+        let path = tmp("batch");
+        let m = MeterId::new("m1").expect("id");
+        let b = Baseline {
+            at: UnixMs(5),
+            import_wh: 10,
+            export_wh: 20,
+            pv_wh: Some(30),
+        };
+        {
+            let ob = Outbox::open(&path, 100).await.expect("open");
+            for want in 1..=5 {
+                let (seq, _) = ob
+                    .append_reading(&m, UnixMs(want), &b, |s| {
+                        SignedEnvelope::sign(Domain::Reading, &key(), s.to_string().into_bytes())
+                    })
+                    .await
+                    .expect("append");
+                assert_eq!(seq, want);
+            }
+            assert_eq!(ob.first_pending(&m).await.expect("first"), Some(1));
+            // 9 was never issued, 2 is acknowledged twice.
+            assert_eq!(ob.ack_many(&m, &[2, 3, 9]).await.expect("ack"), 2);
+            assert_eq!(ob.ack_many(&m, &[2]).await.expect("ack"), 0);
+            assert_eq!(ob.ack_many(&m, &[1]).await.expect("ack"), 1);
+            assert_eq!(ob.first_pending(&m).await.expect("first"), Some(4));
+            // Back to FULL after the relaxed deletions.
+            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&ob.pool)
+                .await
+                .expect("pragma");
+            assert_eq!(sync, 2, "synchronous=FULL");
+            ob.close().await;
+        }
+        let ob = Outbox::open(&path, 100).await.expect("reopen");
+        assert_eq!(ob.baseline(&m).await.expect("baseline"), Some(b));
+        let left: Vec<u64> = ob
+            .pending(&m, 0, 10)
+            .await
+            .expect("rows")
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(left, vec![4, 5]);
+        assert_eq!(ob.ack_many(&m, &[4, 5]).await.expect("ack"), 2);
+        assert_eq!(ob.first_pending(&m).await.expect("first"), None);
+        assert_eq!(ob.last_seq(&m).await.expect("seq"), 5);
     }
 }
