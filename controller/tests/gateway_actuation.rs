@@ -3,7 +3,7 @@
 //! `[controller.actuation]`) parsed and validated by `config`, run by
 //! `gateway::run_gateway` (what `voltshare run` calls) against the real
 //! Mosquitto at 127.0.0.1:1883 and the Modbus TCP device simulator, on a
-//! `ScaledClock` (30× real time, one-minute intervals) shared by the
+//! `ScaledClock` (20× real time, one-minute intervals) shared by the
 //! gateway and the simulator. Everything the test checks it reads the way
 //! another party would: the inverter's model 123 and the battery's model 124
 //! over Modbus with a client of its own, the orders on the broker.
@@ -37,7 +37,9 @@ use tokio::sync::watch;
 const JUNE_21_10H: u64 = 1_624_269_600_000;
 const ENGINE_PK: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
 const T: Duration = Duration::from_secs(2);
-const SPEED: u64 = 30;
+/// Simulated time runs 20× real time: a decision late by up to 30 s of
+/// simulated time (1.5 s real, on a loaded machine) still passes.
+const SPEED: u64 = 20;
 const MINUTE: u64 = 60_000;
 
 fn scratch(tag: &str) -> PathBuf {
@@ -275,22 +277,23 @@ async fn negative_export_price_curtails_then_releases_and_battery_follows() {
     // Before the first negative interval's decision (minute 1.5): no limit.
     assert!(
         seen.iter()
-            .filter(|s| s.t < 80_000)
+            .filter(|s| s.t < 88_000)
             .all(|s| !s.limit_enabled),
         "a limit before the price went negative:\n{log}"
     );
-    // The decisions for minutes 2, 3 and 4 (made at 1.5, 2.5, 3.5): limited.
+    // The decisions for minutes 2, 3 and 4 (made at 1.5, 2.5, 3.5): limited
+    // from the start of minute 2 to the end of minute 3 at least.
     let during: Vec<&Seen> = seen
         .iter()
-        .filter(|s| (100_000..260_000).contains(&s.t))
+        .filter(|s| (120_000..240_000).contains(&s.t))
         .collect();
     assert!(!during.is_empty(), "no samples while negative:\n{log}");
     assert!(
         during.iter().all(|s| s.limit_enabled),
         "the limit is not in force while exporting costs money:\n{log}"
     );
-    // Released by the decision for minute 5 (made at 4.5).
-    let after: Vec<&Seen> = seen.iter().filter(|s| s.t >= 290_000).collect();
+    // Released by the decision for minute 5 (made at 4.5), by minute 5.
+    let after: Vec<&Seen> = seen.iter().filter(|s| s.t >= 300_000).collect();
     assert!(
         !after.is_empty(),
         "no samples after the price turned positive:\n{log}"
@@ -304,7 +307,7 @@ async fn negative_export_price_curtails_then_releases_and_battery_follows() {
     // as OutWRte = 100 %, InWRte = −100 %, both rates in force.
     // The first decision (at 0.5 min) may come before any reading: from
     // the second on, the strategy has a forecast.
-    let discharging: Vec<&Seen> = seen.iter().filter(|s| s.t >= 100_000).collect();
+    let discharging: Vec<&Seen> = seen.iter().filter(|s| s.t >= 120_000).collect();
     assert!(
         discharging.iter().all(|s| s.ctl_mod == 3
             && s.out_pct == 10_000
