@@ -246,9 +246,9 @@ impl IndexedOutcome {
         // texts they point to; each clone's reference-count update (a
         // locked read-modify-write) would wait for its cache misses without
         // overlapping the next ones. So each chunk is done in three tight
-        // loops: gather the four texts of every match (independent loads of
-        // the orders, which the CPU overlaps), touch each text's count
-        // (independent again), and only then clone, from cache.
+        // loops: gather the four shared ids of every match (independent
+        // loads of the orders, which the CPU overlaps), read each one's
+        // count (independent again), and only then clone, from cache.
         const CHUNK: usize = 128;
         let mut texts = Vec::with_capacity(CHUNK);
         let mut local = Vec::with_capacity(CHUNK);
@@ -256,18 +256,17 @@ impl IndexedOutcome {
             texts.clear();
             texts.extend(chunk.iter().map(|m| {
                 let (b, s) = (&orders[m.buy], &orders[m.sell]);
-                (&b.id, &s.id, b.household.as_str(), s.household.as_str())
+                (&b.id, &s.id, &b.household, &s.household)
             }));
             let mut touch = 0usize;
-            let first = |s: &str| s.as_bytes().first().map_or(0, |&c| usize::from(c));
             for &(bo, so, bh, sh) in &texts {
-                // Reading a count is a plain load; a household's count sits
-                // just before its text, usually in the same line.
+                // Reading a count is a plain load of the line the clone
+                // will update.
                 touch = touch
                     .wrapping_add(Arc::strong_count(bo))
                     .wrapping_add(Arc::strong_count(so))
-                    .wrapping_add(first(bh))
-                    .wrapping_add(first(sh));
+                    .wrapping_add(bh.shares())
+                    .wrapping_add(sh.shares());
             }
             std::hint::black_box(touch);
             // A locked update also waits for all earlier stores to leave
