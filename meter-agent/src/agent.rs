@@ -264,6 +264,11 @@ struct Agent {
     resend_wait: u32,
     /// The current resend period, in `resend_after` periods.
     resend_backoff: u32,
+    /// The cursor right after the oldest row was last sent: an ack for a
+    /// row at or above it, while the oldest is still waiting, means the
+    /// oldest was lost on the way (the engine takes a meter's readings in
+    /// the order they were published) and it is sent again at once.
+    gap_guard: u64,
 }
 
 impl Agent {
@@ -634,11 +639,42 @@ impl Agent {
                 error!(%error, rows = done.len(), "could not apply acks");
             }
         }
+        // A row below an acknowledged one, sent before it, is still
+        // waiting: it was lost (an engine killed after taking it, a broker
+        // queue that overflowed). Send again from the oldest now rather than
+        // after a resend period, with the window stuck meanwhile.
+        let top = done.iter().copied().max().unwrap_or(0);
+        if self.connected && top > 0 && top >= self.gap_guard {
+            match self.outbox.first_pending(&self.cfg.meter).await {
+                Ok(Some(oldest)) if oldest < top => {
+                    debug!(
+                        oldest,
+                        acked = top,
+                        "gap below an acknowledged reading; resending"
+                    );
+                    self.resend_from_oldest().await;
+                    return;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    AgentStats::inc(&self.stats.db_errors);
+                    error!(%error, "outbox unreadable");
+                }
+            }
+        }
         // The window moved: send what waits behind it.
         if self.connected && self.cursor <= self.issued {
             let from = self.cursor;
             self.publish_from(from, false).await;
         }
+    }
+
+    /// Sends every un-acknowledged row again from the oldest (up to the
+    /// window), in order.
+    async fn resend_from_oldest(&mut self) {
+        self.cursor = 0;
+        self.publish_from(0, true).await;
+        self.gap_guard = self.cursor;
     }
 
     /// The engine took rows off the outbox: it is there, so resends go back
@@ -679,8 +715,7 @@ impl Agent {
                     backoff = self.resend_backoff,
                     "resending un-acknowledged readings"
                 );
-                self.cursor = 0;
-                self.publish_from(0, true).await;
+                self.resend_from_oldest().await;
             }
         }
         self.resend_mark = self.cursor;
@@ -801,6 +836,7 @@ pub async fn run_agent_with(
         acked_since_resend: true,
         resend_wait: 0,
         resend_backoff: 1,
+        gap_guard: 0,
     };
 
     let mut poll_tick = tokio::time::interval(agent.cfg.poll_every);
@@ -834,8 +870,7 @@ pub async fn run_agent_with(
                         warn!("could not subscribe to acks; will retry on the next connection");
                     }
                     // Everything not acknowledged goes out again, in order.
-                    agent.cursor = 0;
-                    agent.publish_from(0, true).await;
+                    agent.resend_from_oldest().await;
                     agent.resend_mark = agent.cursor;
                 }
                 Some(MqttEvent::Disconnected(reason)) => {
