@@ -64,6 +64,7 @@ fn tie(a: &BookOrder, b: &BookOrder) -> Ordering {
 
 /// The first 8 bytes of `id`, zero-padded, as a big-endian integer. If two
 /// prefixes differ, they order the ids as a byte-wise comparison would.
+#[inline(always)]
 fn id_prefix(id: &str) -> u64 {
     let b = id.as_bytes();
     let mut buf = [0u8; 8];
@@ -172,6 +173,7 @@ impl Buckets {
     }
 
     /// Position of `p` in the band, in buckets (`< BUCKETS`).
+    #[inline(always)]
     fn of(self, p: u64) -> usize {
         let off = p.clamp(self.lo, self.hi) - self.lo;
         off.checked_shr(self.shift).unwrap_or(0) as usize
@@ -197,6 +199,7 @@ impl Stats {
         }
     }
 
+    #[inline(always)]
     fn add(&mut self, bucket: usize, key: u64, qty: u64) {
         if let (Some(c), Some(w), Some(b)) = (
             self.count.get_mut(bucket),
@@ -385,6 +388,7 @@ pub(super) fn keep<T>(mut v: Vec<T>) -> Vec<T> {
 
 /// Which orders may trade, and at what price: a buy's net bid or a sell's
 /// ask; `None` for an order that cannot trade.
+#[inline(always)]
 fn eligible(o: &BookOrder, params: &AuctionParams) -> Option<u64> {
     if o.quantity_wh.0 == 0 {
         return None;
@@ -402,6 +406,7 @@ fn eligible(o: &BookOrder, params: &AuctionParams) -> Option<u64> {
 }
 
 /// An eligible order's side, bucket (in priority order) and key.
+#[inline(always)]
 fn place(o: &BookOrder, params: &AuctionParams, map: Buckets) -> Option<(Side, usize, u64)> {
     let p = eligible(o, params)?;
     Some(match o.side {
