@@ -9,7 +9,8 @@ fn micros_since(sw: &Stopwatch) -> u64 {
 /// Nanoseconds this thread has spent on a CPU (Linux:
 /// `/proc/thread-self/schedstat`), or `None` where that is not available.
 /// Unlike wall-clock time it does not count the time other processes held
-/// the core.
+/// the core; but the kernel brings a running thread's total up to date only
+/// at scheduler ticks, so a difference is exact only to a few ms.
 fn thread_cpu_nanos() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
     text.split_whitespace().next()?.parse().ok()
@@ -33,9 +34,9 @@ const GOAL_MICROS: u64 = 100_000;
 /// auction's buffers, which later clearings on the same thread reuse.
 /// Wall-clock time: on a machine shared with other work the best of several
 /// runs is the figure closest to one free core; `cpu_micros` (Linux only) is
-/// the best run's time on the CPU, which other processes do not inflate by
-/// taking the core (they still share its caches). The goal is judged on
-/// `micros`.
+/// the best run's time on the CPU (to within a scheduler tick), which other
+/// processes do not inflate by taking the core (they still share its
+/// caches). The goal is judged on `micros`.
 pub fn clearing(n: usize, mechanism: Mechanism, seed: u64, runs: u32) -> serde_json::Value {
     let book = clearing::auction::random_book(n, seed);
     let params = clearing::auction::bench_params(mechanism);

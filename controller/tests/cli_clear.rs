@@ -138,9 +138,11 @@ fn bench_clearing_prints_orders_mechanism_millis() {
     assert!(v["trades"].as_u64().is_some_and(|t| t > 0), "{v}");
     assert!(v["millis_indexed"].is_u64(), "{v}");
     // On Linux the clearing thread's CPU time is reported too, and it never
-    // exceeds the wall-clock time by more than the counters' granularity.
+    // exceeds the wall-clock time by more than the counter's granularity
+    // (the kernel brings a running thread's total up to date at scheduler
+    // ticks: a few ms).
     if cfg!(target_os = "linux") {
         let cpu = v["cpu_micros"].as_u64().expect("cpu_micros on Linux");
-        assert!(cpu <= v["micros"].as_u64().unwrap_or(0) + 1_000, "{v}");
+        assert!(cpu <= v["micros"].as_u64().unwrap_or(0) + 20_000, "{v}");
     }
 }
