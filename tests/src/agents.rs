@@ -94,6 +94,35 @@ impl Agents {
             .sum()
     }
 
+    /// Readings stored by the agents and not yet taken off their outboxes
+    /// by an ack (from the agents' counters: no database is opened).
+    pub fn pending(&self) -> u64 {
+        self.stats
+            .iter()
+            .map(|s| {
+                AgentStats::get(&s.readings)
+                    .saturating_sub(AgentStats::get(&s.acked) + AgentStats::get(&s.rejected))
+            })
+            .sum()
+    }
+
+    /// The agents' counters summed, for reports.
+    pub fn totals(&self) -> serde_json::Value {
+        let sum = |f: fn(&AgentStats) -> &std::sync::atomic::AtomicU64| -> u64 {
+            self.stats.iter().map(|s| AgentStats::get(f(s))).sum()
+        };
+        serde_json::json!({
+            "readings": sum(|s| &s.readings),
+            "published": sum(|s| &s.published),
+            "resent": sum(|s| &s.resent),
+            "acked": sum(|s| &s.acked),
+            "rejected": sum(|s| &s.rejected),
+            "poll_failures": sum(|s| &s.poll_failures),
+            "db_errors": sum(|s| &s.db_errors),
+            "mqtt_connects": sum(|s| &s.mqtt_connects),
+        })
+    }
+
     /// Stops polling (the agents finish and close their outboxes).
     pub async fn stop(self) {
         let _ = self.stop.send(true);
