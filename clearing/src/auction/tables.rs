@@ -837,15 +837,3 @@ fn json_errors_in_params_and_shape() {
         "orders[0]: expected an object"
     );
 }
-
-/// The shape of the benchmark's million-order book (run with `--ignored`).
-#[test]
-#[ignore = "slow in debug builds; prints the bench book's shape"]
-fn bench_book_shape() {
-    for m in [Mechanism::Uniform, Mechanism::PayAsBid, Mechanism::Mcafee] {
-        println!(
-            "{}",
-            bench_clearing(1_000_000, m, 42, &std::time::Duration::default)
-        );
-    }
-}
