@@ -59,8 +59,8 @@
 //! and the lost one, resent as soon as the agent sees the later ones
 //! acknowledged, lands after them (16 to 49 per run here, all at the engine's
 //! restart; the long run measured 0). Nothing is lost or duplicated, but
-//! "stored in sequence order"
-//! does not hold. The engine acknowledges at the MQTT level on receipt;
+//! "stored in sequence order" does not hold. The engine acknowledges at
+//! the MQTT level on receipt;
 //! acknowledging after the commit (manual acks) would make the broker
 //! redeliver those readings first.
 //!
