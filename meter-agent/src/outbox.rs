@@ -39,18 +39,23 @@ use std::time::Duration;
 
 /// A reading's row and its new sequence number (binds: meter, seq,
 /// envelope, created; meter, seq).
-const APPEND: &str = "INSERT INTO outbox (meter, seq, envelope, created_ms) VALUES (?, ?, ?, ?); \
-     INSERT INTO meter_seq (meter, last_seq) VALUES (?, ?) \
-     ON CONFLICT (meter) DO UPDATE SET last_seq = excluded.last_seq";
+macro_rules! append_sql {
+    () => {
+        "INSERT INTO outbox (meter, seq, envelope, created_ms) VALUES (?, ?, ?, ?); \
+         INSERT INTO meter_seq (meter, last_seq) VALUES (?, ?) \
+         ON CONFLICT (meter) DO UPDATE SET last_seq = excluded.last_seq"
+    };
+}
+const APPEND: &str = append_sql!();
 
-/// [`APPEND`] and the counter guard's baseline (binds: meter, at, import,
-/// export, pv).
-const APPEND_WITH_BASELINE: &str = "INSERT INTO outbox (meter, seq, envelope, created_ms) VALUES (?, ?, ?, ?); \
-     INSERT INTO meter_seq (meter, last_seq) VALUES (?, ?) \
-     ON CONFLICT (meter) DO UPDATE SET last_seq = excluded.last_seq; \
-     INSERT INTO counter_baseline (meter, at_ms, import_wh, export_wh, pv_wh) \
+/// [`APPEND`] and the counter guard's baseline (binds as [`APPEND`], then
+/// meter, at, import, export, pv: see [`Outbox::bind_baseline`]).
+const APPEND_WITH_BASELINE: &str = concat!(
+    append_sql!(),
+    "; INSERT INTO counter_baseline (meter, at_ms, import_wh, export_wh, pv_wh) \
      VALUES (?, ?, ?, ?, ?) ON CONFLICT (meter) DO UPDATE SET at_ms = excluded.at_ms, \
-     import_wh = excluded.import_wh, export_wh = excluded.export_wh, pv_wh = excluded.pv_wh";
+     import_wh = excluded.import_wh, export_wh = excluded.export_wh, pv_wh = excluded.pv_wh"
+);
 
 /// Deletes the acknowledged rows of a meter (binds: meter, a JSON array of
 /// sequence numbers), without an fsync; returns one row per deletion.
@@ -268,12 +273,7 @@ impl Outbox {
         .bind(meter.as_str())
         .bind(to_i64(seq, "seq")?);
         let q = match baseline {
-            Some(b) => q
-                .bind(meter.as_str())
-                .bind(to_i64(b.at.0, "time")?)
-                .bind(to_i64(b.import_wh, "import_wh")?)
-                .bind(to_i64(b.export_wh, "export_wh")?)
-                .bind(b.pv_wh.map(|v| to_i64(v, "pv_wh")).transpose()?),
+            Some(b) => Self::bind_baseline(q, meter, b)?,
             None => q,
         };
         q.execute(&mut *tx).await?;
@@ -331,28 +331,18 @@ impl Outbox {
         .transpose()
     }
 
-    /// Stores the guard's new baseline of `meter`.
-    pub async fn save_baseline(&self, meter: &MeterId, b: &Baseline) -> Result<(), OutboxError> {
-        self.ensure_full_sync().await?;
-        Self::baseline_query(meter, b)?.execute(&self.pool).await?;
-        Ok(())
-    }
-
-    fn baseline_query<'q>(
+    /// Binds a baseline's row (meter, at, import, export, pv) to `q`.
+    fn bind_baseline<'q>(
+        q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
         meter: &'q MeterId,
         b: &Baseline,
     ) -> Result<sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>, OutboxError>
     {
-        Ok(sqlx::query(
-            "INSERT INTO counter_baseline (meter, at_ms, import_wh, export_wh, pv_wh) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (meter) DO UPDATE SET at_ms = excluded.at_ms, \
-             import_wh = excluded.import_wh, export_wh = excluded.export_wh, pv_wh = excluded.pv_wh",
-        )
-        .bind(meter.as_str())
-        .bind(to_i64(b.at.0, "time")?)
-        .bind(to_i64(b.import_wh, "import_wh")?)
-        .bind(to_i64(b.export_wh, "export_wh")?)
-        .bind(b.pv_wh.map(|v| to_i64(v, "pv_wh")).transpose()?))
+        Ok(q.bind(meter.as_str())
+            .bind(to_i64(b.at.0, "time")?)
+            .bind(to_i64(b.import_wh, "import_wh")?)
+            .bind(to_i64(b.export_wh, "export_wh")?)
+            .bind(b.pv_wh.map(|v| to_i64(v, "pv_wh")).transpose()?))
     }
 
     /// Keeps a poll the counter guard refused, for inspection.

@@ -545,6 +545,17 @@ struct Written {
     storage_since: Option<UnixMs>,
 }
 
+impl Written {
+    /// The written value of the point at `off` in the model whose body
+    /// starts at `body`, or `default` if it was never written.
+    fn get(&self, body: usize, off: u16, default: u16) -> u16 {
+        self.regs
+            .get(&(body + usize::from(off)))
+            .copied()
+            .unwrap_or(default)
+    }
+}
+
 struct UnitState {
     kind: SimKind,
     faults: Arc<UnitFaults>,
@@ -562,16 +573,10 @@ impl UnitState {
         type C = model123::Model123;
         let body = self.layout.body(123)?;
         let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        let get = |w: &Written, off: u16, default: u16| {
-            w.regs
-                .get(&(body + usize::from(off)))
-                .copied()
-                .unwrap_or(default)
-        };
-        if get(&w, C::W_MAX_LIM_ENA.offset, 0) != 1 {
+        if w.get(body, C::W_MAX_LIM_ENA.offset, 0) != 1 {
             return None;
         }
-        let revert_ms = u64::from(get(&w, C::W_MAX_LIM_PCT_RVRT_TMS.offset, 0)) * 1000;
+        let revert_ms = u64::from(w.get(body, C::W_MAX_LIM_PCT_RVRT_TMS.offset, 0)) * 1000;
         if revert_ms > 0
             && w.limit_since
                 .is_some_and(|since| now.0 >= since.0.saturating_add(revert_ms))
@@ -580,7 +585,7 @@ impl UnitState {
                 .insert(body + usize::from(C::W_MAX_LIM_ENA.offset), 0);
             return None;
         }
-        let pct = i64::from(get(&w, C::W_MAX_LIM_PCT.offset, SIM_PCT_FULL));
+        let pct = i64::from(w.get(body, C::W_MAX_LIM_PCT.offset, SIM_PCT_FULL));
         Some(rated_w * pct / i64::from(SIM_PCT_FULL))
     }
 
@@ -594,17 +599,11 @@ impl UnitState {
         type S = model124::Model124;
         let body = self.layout.body(124)?;
         let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        let get = |w: &Written, off: u16, default: u16| {
-            w.regs
-                .get(&(body + usize::from(off)))
-                .copied()
-                .unwrap_or(default)
-        };
-        let ctl = get(&w, S::STOR_CTL_MOD.offset, 0);
+        let ctl = w.get(body, S::STOR_CTL_MOD.offset, 0);
         if ctl & 3 == 0 {
             return None;
         }
-        let revert_ms = u64::from(get(&w, S::IN_OUT_W_RTE_RVRT_TMS.offset, 0)) * 1000;
+        let revert_ms = u64::from(w.get(body, S::IN_OUT_W_RTE_RVRT_TMS.offset, 0)) * 1000;
         if revert_ms > 0
             && w.storage_since
                 .is_some_and(|since| now.0 >= since.0.saturating_add(revert_ms))
@@ -612,7 +611,7 @@ impl UnitState {
             w.regs.insert(body + usize::from(S::STOR_CTL_MOD.offset), 0);
             return None;
         }
-        let pct = |off: u16| i64::from(get(&w, off, SIM_PCT_FULL) as i16);
+        let pct = |off: u16| i64::from(w.get(body, off, SIM_PCT_FULL) as i16);
         let of_max = |p: i64| SIM_BATTERY_MAX_W * p / i64::from(SIM_PCT_FULL);
         let hi = if ctl & 1 != 0 {
             of_max(pct(S::IN_W_RTE.offset))

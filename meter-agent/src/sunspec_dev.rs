@@ -678,46 +678,58 @@ pub fn check_pct(pct_centi: i64) -> Result<(), DeviceError> {
     }
 }
 
+/// The exponent that turns a register value at scale factor `sf` into
+/// hundredths of a percent: value = raw × 10^sf %, so hundredths =
+/// raw × 10^(sf + 2). Scale factors outside −10…10 are refused for `point`.
+fn centi_exponent(sf: i16, point: &'static str) -> Result<i32, DeviceError> {
+    if !(-10..=10).contains(&sf) {
+        return Err(DeviceError::Invalid {
+            point,
+            why: format!("scale factor {sf}"),
+        });
+    }
+    Ok(i32::from(sf) + 2)
+}
+
+/// Hundredths of a percent as a register value at exponent `e` (see
+/// [`centi_exponent`]), rounded toward zero; `None` on overflow.
+fn centi_to_reg(pct_centi: i64, e: i32) -> Option<i64> {
+    if e <= 0 {
+        pct_centi.checked_mul(10i64.pow(e.unsigned_abs()))
+    } else {
+        Some(pct_centi / 10i64.pow(e.unsigned_abs()))
+    }
+}
+
+/// A register value at exponent `e` as hundredths of a percent.
+fn reg_to_centi(v: i64, e: i32) -> i64 {
+    if e <= 0 {
+        v / 10i64.pow(e.unsigned_abs())
+    } else {
+        v * 10i64.pow(e.unsigned_abs())
+    }
+}
+
 /// A limit in hundredths of a percent as the `WMaxLimPct` register value
 /// for scale factor `sf` (rounded down: never more power than asked). Pure.
 pub fn pct_to_raw(pct_centi: i64, sf: i16) -> Result<u16, DeviceError> {
     check_pct(pct_centi)?;
-    let bad = |why: String| DeviceError::Invalid {
-        point: "WMaxLimPct",
-        why,
-    };
-    if !(-10..=10).contains(&sf) {
-        return Err(bad(format!("scale factor {sf}")));
-    }
-    // value = raw × 10^sf %, and pct_centi = value × 100.
-    let e = i32::from(sf) + 2;
-    let raw = if e <= 0 {
-        pct_centi.checked_mul(10i64.pow(e.unsigned_abs()))
-    } else {
-        Some(pct_centi / 10i64.pow(e.unsigned_abs()))
-    };
-    raw.and_then(|r| u16::try_from(r).ok()).ok_or_else(|| {
-        bad(format!(
-            "{} % does not fit the register at scale factor {sf}",
-            fmt_centi(pct_centi)
-        ))
-    })
+    let e = centi_exponent(sf, "WMaxLimPct")?;
+    centi_to_reg(pct_centi, e)
+        .and_then(|r| u16::try_from(r).ok())
+        .ok_or_else(|| DeviceError::Invalid {
+            point: "WMaxLimPct",
+            why: format!(
+                "{} % does not fit the register at scale factor {sf}",
+                fmt_centi(pct_centi)
+            ),
+        })
 }
 
 /// The `WMaxLimPct` register value as hundredths of a percent. Pure.
 pub fn raw_to_pct(raw: u16, sf: i16) -> Result<i64, DeviceError> {
-    if !(-10..=10).contains(&sf) {
-        return Err(DeviceError::Invalid {
-            point: "WMaxLimPct",
-            why: format!("scale factor {sf}"),
-        });
-    }
-    let e = i32::from(sf) + 2;
-    Ok(if e <= 0 {
-        i64::from(raw) / 10i64.pow(e.unsigned_abs())
-    } else {
-        i64::from(raw) * 10i64.pow(e.unsigned_abs())
-    })
+    let e = centi_exponent(sf, "WMaxLimPct")?;
+    Ok(reg_to_centi(i64::from(raw), e))
 }
 
 type Ctl = model123::Model123;
@@ -937,16 +949,9 @@ pub fn rate_to_raw(pct_centi: i64, sf: i16) -> Result<u16, DeviceError> {
             fmt_centi(pct_centi)
         )));
     }
-    if !(-10..=10).contains(&sf) {
-        return Err(bad(format!("scale factor {sf}")));
-    }
-    let e = i32::from(sf) + 2;
-    let raw = if e <= 0 {
-        pct_centi.checked_mul(10i64.pow(e.unsigned_abs()))
-    } else {
-        Some(pct_centi / 10i64.pow(e.unsigned_abs()))
-    };
-    raw.and_then(|r| i16::try_from(r).ok())
+    let e = centi_exponent(sf, "InOutWRte")?;
+    centi_to_reg(pct_centi, e)
+        .and_then(|r| i16::try_from(r).ok())
         .map(|r| r as u16)
         .ok_or_else(|| {
             bad(format!(
@@ -958,19 +963,8 @@ pub fn rate_to_raw(pct_centi: i64, sf: i16) -> Result<u16, DeviceError> {
 
 /// The `InWRte` / `OutWRte` register value as hundredths of a percent. Pure.
 pub fn raw_to_rate(raw: u16, sf: i16) -> Result<i64, DeviceError> {
-    if !(-10..=10).contains(&sf) {
-        return Err(DeviceError::Invalid {
-            point: "InOutWRte",
-            why: format!("scale factor {sf}"),
-        });
-    }
-    let v = i64::from(raw as i16);
-    let e = i32::from(sf) + 2;
-    Ok(if e <= 0 {
-        v / 10i64.pow(e.unsigned_abs())
-    } else {
-        v * 10i64.pow(e.unsigned_abs())
-    })
+    let e = centi_exponent(sf, "InOutWRte")?;
+    Ok(reg_to_centi(i64::from(raw as i16), e))
 }
 
 impl SunSpecDevice {
