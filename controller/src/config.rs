@@ -361,6 +361,10 @@ pub struct ControllerRole {
 /// The highest export price magnitude accepted, µ/kWh (10 units per kWh).
 pub const MAX_EXPORT_PRICE: i64 = 10_000_000;
 
+/// Largest export-price schedule file read (a year of 15-minute entries is
+/// about 1.4 MB).
+pub const MAX_SCHEDULE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// The price for exporting to the utility over time: a dynamic feed-in
 /// tariff, as a fixed price and/or a schedule file of `FROM PRICE` entries.
 /// The schedule file is read while the configuration is validated, and again
@@ -418,11 +422,19 @@ impl ExportPriceSource {
         let Some(file) = &self.schedule_file else {
             return Ok(false);
         };
-        let modified = std::fs::metadata(file)
-            .and_then(|m| m.modified())
+        let meta = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let modified = meta
+            .modified()
             .map_err(|e| format!("{}: {e}", file.display()))?;
         if self.modified == Some(modified) {
             return Ok(false);
+        }
+        if meta.len() > MAX_SCHEDULE_BYTES {
+            return Err(format!(
+                "{}: {} bytes, more than the {MAX_SCHEDULE_BYTES} an export-price schedule may have",
+                file.display(),
+                meta.len()
+            ));
         }
         let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
         self.schedule = parse_price_schedule(&text)
@@ -1426,7 +1438,19 @@ longitude = 7.01
             "2021-06-21T10:00:00Z -20000\n2021-06-21T09:00:00Z 1\n",
         )
         .expect("schedule");
+        let huge = dir.join("huge.txt");
+        let line = "2021-06-21T10:00:00Z -20000\n";
+        let lines = usize::try_from(MAX_SCHEDULE_BYTES).expect("fits") / line.len() + 1;
+        std::fs::write(&huge, line.repeat(lines)).expect("schedule");
         let cases: Vec<(String, &str, &str)> = vec![
+            (
+                with(&format!(
+                    "[controller.export_price]\nschedule_file = \"{}\"\n",
+                    huge.display()
+                )),
+                "controller.export_price.schedule_file",
+                "more than the 4194304",
+            ),
             (
                 with("[controller.export_price]\n"),
                 "controller.export_price",
