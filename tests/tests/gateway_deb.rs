@@ -52,6 +52,7 @@ fn debian_package_builds_installs_and_starts() {
     assert!(built.success(), "cargo build -p controller --bins failed");
     let script = root.join("deploy/scripts/deb-check");
     let out = Command::new(&script)
+        .env("CARGO_TARGET_DIR", target)
         .output()
         .expect("running deploy/scripts/deb-check");
     let text = format!(
