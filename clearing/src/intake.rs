@@ -117,6 +117,38 @@ struct Candidate {
     /// The exact wire bytes: what is stored and hashed.
     raw: Vec<u8>,
     entry: KeyEntry,
+    /// The decoded payload, filled beside verification for a message whose
+    /// signature holds: decoding needs no intake state, so it runs on the
+    /// verification threads and the serial half of the pipeline does only
+    /// what must be serial (the history rules and the commit).
+    prepared: Option<Prepared>,
+}
+
+type Prepared = Result<Payload, protocol::PayloadError>;
+
+enum Payload {
+    Reading(Box<Reading>),
+    Order(Box<Order>),
+}
+
+impl Candidate {
+    /// Decodes the payload.
+    fn prepare(&self) -> Prepared {
+        match self.kind {
+            Kind::Reading => {
+                decode_payload(&self.env.payload).map(|r| Payload::Reading(Box::new(r)))
+            }
+            Kind::Order => decode_payload(&self.env.payload).map(|o| Payload::Order(Box::new(o))),
+        }
+    }
+
+    /// What the verification stage prepared, or the same work now.
+    fn take_prepared(&mut self) -> Prepared {
+        match self.prepared.take() {
+            Some(p) => p,
+            None => self.prepare(),
+        }
+    }
 }
 
 /// A batch after steps 1–3, ready for [`Intake::apply`].
@@ -145,13 +177,16 @@ pub struct Intake {
     order_counts: HashMap<(HouseholdId, i64), u64>,
 }
 
-/// (digest, status, import, export) of a reading accepted in this batch.
-type PendingReading = (Vec<u8>, DeviceStatus, i64, i64);
+/// (position in `Pending::rows`, status, import, export) of a reading
+/// accepted in this batch.
+type PendingReading = (usize, DeviceStatus, i64, i64);
 
-/// A reading or order accepted in the current batch but not yet committed.
+/// What the current batch accepted but has not committed yet.
 #[derive(Default)]
 struct Pending {
     readings: BTreeMap<(MeterId, i64), PendingReading>,
+    /// The rows of the accepted readings, in acceptance order.
+    rows: Vec<ReadingRow>,
     orders: HashMap<(HouseholdId, i64), (Vec<u8>, i64)>,
 }
 
@@ -193,9 +228,11 @@ impl Intake {
         self.apply(screened, now).await
     }
 
-    /// Steps 1–3 of a batch: needs only the registry, no intake state and no
-    /// clock, so the engine runs it for the next batch while [`Intake::apply`]
-    /// still works on the previous one (verification and storage overlap).
+    /// Steps 1–3 of a batch, and the decoding of step 4 for every message
+    /// whose signature holds: needs only the registry, no intake state and
+    /// no clock, so the engine runs it for the next batch while
+    /// [`Intake::apply`] still works on the previous one (verification and
+    /// storage overlap).
     pub async fn screen_and_verify(registry: Arc<Registry>, batch: Vec<Inbound>) -> Screened {
         let mut out = BatchOutcome::default();
         let mut candidates = Vec::with_capacity(batch.len());
@@ -233,7 +270,6 @@ impl Intake {
         self.order_counts
             .retain(|(_, interval), _| *interval >= open_from);
         let mut pending = Pending::default();
-        let mut readings = Vec::new();
         let mut orders = Vec::new();
         let received_at = to_i64(now.0).unwrap_or(i64::MAX);
         for (c, ok) in candidates.into_iter().zip(verdicts) {
@@ -243,18 +279,17 @@ impl Intake {
                 continue;
             }
             let result = match c.kind {
-                Kind::Reading => {
-                    self.reading(c, now, received_at, &mut pending, &mut out)
-                        .await
-                }
+                Kind::Reading => self
+                    .reading(c, now, received_at, &mut pending, &mut out)
+                    .await
+                    .map(|()| None),
                 Kind::Order => {
                     self.order(c, now, received_at, &mut pending, &mut out)
                         .await
                 }
             };
             match result {
-                Ok(Some(Row::Reading(r))) => readings.push(*r),
-                Ok(Some(Row::Order(o))) => orders.push(o),
+                Ok(Some(o)) => orders.push(o),
                 Ok(None) => {}
                 Err(e) => {
                     self.forget();
@@ -262,6 +297,7 @@ impl Intake {
                 }
             }
         }
+        let readings = pending.rows;
         if let Err(e) = self.commit(&readings, &orders, &out.rejects).await {
             self.forget();
             return Err(e);
@@ -340,6 +376,7 @@ fn screen(registry: &Registry, msg: Inbound, out: &mut BatchOutcome) -> Option<C
         env,
         raw: msg.payload,
         entry: entry.clone(),
+        prepared: None,
     })
 }
 
@@ -356,15 +393,17 @@ impl Intake {
 
     async fn reading(
         &mut self,
-        c: Candidate,
+        mut c: Candidate,
         now: UnixMs,
         received_at: i64,
         pending: &mut Pending,
         out: &mut BatchOutcome,
-    ) -> Result<Option<Row>, StoreError> {
+    ) -> Result<(), StoreError> {
+        let payload = c.take_prepared();
         let household = &c.entry.household;
-        let r: Reading = match decode_payload(&c.env.payload) {
-            Ok(r) => r,
+        let r: Reading = match payload {
+            Ok(Payload::Reading(r)) => *r,
+            Ok(Payload::Order(_)) => return Ok(()),
             Err(error) => {
                 debug!(%household, %error, "malformed reading");
                 out.reject(RejectReason::Malformed);
@@ -378,7 +417,7 @@ impl Intake {
                         rejected(AckKind::Reading, meter, seq, RejectReason::Malformed),
                     );
                 }
-                return Ok(None);
+                return Ok(());
             }
         };
         let reject = |out: &mut BatchOutcome, reason: RejectReason| {
@@ -388,7 +427,7 @@ impl Intake {
                 household,
                 rejected(AckKind::Reading, Some(r.meter.clone()), r.seq, reason),
             );
-            Ok(None)
+            Ok(())
         };
         if r.grid != self.rules.grid {
             return reject(out, RejectReason::WrongGrid);
@@ -418,18 +457,23 @@ impl Intake {
             Some(Some(v)) => Some(v),
             None => None,
         };
-        let digest = Sha256::digest(&c.raw).to_vec();
         let state = self.meter_state(&r.meter).await?;
         let usable = r.status != DeviceStatus::Error;
         if state.tip.is_some_and(|tip| seq <= tip) {
             // At or below the newest stored seq: a redelivery, a conflict, or
             // a late reading that fills a gap.
-            let stored = match pending.readings.get(&(r.meter.clone(), seq)) {
-                Some((d, ..)) => Some(d.clone()),
-                None => store::reading_digest(&self.pool, r.meter.as_str(), seq).await?,
+            // Whether the reading stored under (meter, seq) is this one, to
+            // the byte.
+            let same = match pending.readings.get(&(r.meter.clone(), seq)) {
+                Some(&(row, ..)) => {
+                    Some(pending.rows.get(row).is_some_and(|p| p.envelope == c.raw))
+                }
+                None => store::reading_envelope(&self.pool, r.meter.as_str(), seq)
+                    .await?
+                    .map(|stored| stored == c.raw),
             };
-            if let Some(d) = stored {
-                if d == digest {
+            if let Some(same) = same {
+                if same {
                     out.duplicates += 1;
                     out.ack(
                         household,
@@ -440,7 +484,7 @@ impl Intake {
                             outcome: AckOutcome::Duplicate,
                         },
                     );
-                    return Ok(None);
+                    return Ok(());
                 }
                 return reject(out, RejectReason::SeqConflict);
             }
@@ -492,7 +536,7 @@ impl Intake {
         }
         pending.readings.insert(
             (r.meter.clone(), seq),
-            (digest.clone(), r.status, import, export),
+            (pending.rows.len(), r.status, import, export),
         );
         out.ack(
             household,
@@ -510,7 +554,7 @@ impl Intake {
             grid_power_w: r.grid_power_w,
             pv_power_w: r.pv_power_w,
         });
-        Ok(Some(Row::Reading(Box::new(ReadingRow {
+        pending.rows.push(ReadingRow {
             meter: r.meter.to_string(),
             seq,
             household: household.to_string(),
@@ -524,22 +568,24 @@ impl Intake {
             key_id: c.env.key_id.0.clone(),
             // The candidate is ours: its wire bytes move into the row.
             envelope: c.raw,
-            digest,
             received_at,
-        }))))
+        });
+        Ok(())
     }
 
     async fn order(
         &mut self,
-        c: Candidate,
+        mut c: Candidate,
         now: UnixMs,
         received_at: i64,
         pending: &mut Pending,
         out: &mut BatchOutcome,
-    ) -> Result<Option<Row>, StoreError> {
+    ) -> Result<Option<OrderRow>, StoreError> {
+        let payload = c.take_prepared();
         let household = &c.entry.household;
-        let o: Order = match decode_payload(&c.env.payload) {
-            Ok(o) => o,
+        let o: Order = match payload {
+            Ok(Payload::Order(o)) => *o,
+            Ok(Payload::Reading(_)) => return Ok(None),
             Err(error) => {
                 debug!(%household, %error, "malformed order");
                 out.reject(RejectReason::Malformed);
@@ -671,7 +717,7 @@ impl Intake {
                 outcome: AckOutcome::Accepted,
             },
         );
-        Ok(Some(Row::Order(OrderRow {
+        Ok(Some(OrderRow {
             household: household.to_string(),
             nonce,
             interval_start: interval,
@@ -684,13 +730,8 @@ impl Intake {
             envelope: c.raw,
             digest,
             received_at,
-        })))
+        }))
     }
-}
-
-enum Row {
-    Reading(Box<ReadingRow>),
-    Order(OrderRow),
 }
 
 /// Gate closure of an interval: its start minus the lead.
@@ -738,7 +779,8 @@ fn loose_u64(payload: &[u8], field: &str) -> Option<u64> {
 const MIN_VERIFY_CHUNK: usize = 64;
 
 /// Step 3 for a whole batch, off the async threads (ed25519 is CPU work)
-/// and split across the cores: each share is batch-verified on its own, so
+/// and split across the cores, with the payloads of the verified messages
+/// decoded there too: each share is batch-verified on its own, so
 /// one forged message only sends its share to the bisecting fallback.
 /// Shares are cut from the batch ordered by key, so that one household's
 /// messages mostly meet in one share, where [`verify_many`] sums their
@@ -751,19 +793,26 @@ async fn verify_batch(candidates: Vec<Candidate>) -> (Vec<Candidate>, Vec<bool>)
     }
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let chunk = n.div_ceil(cores).max(MIN_VERIFY_CHUNK);
-    let mut keyed: Vec<(usize, Candidate)> = candidates.into_iter().enumerate().collect();
-    keyed.sort_by(|(i, a), (j, b)| a.env.key_id.cmp(&b.env.key_id).then(i.cmp(j)));
-    let mut shares = Vec::new();
-    while !keyed.is_empty() {
-        let tail = keyed.split_off(chunk.min(keyed.len()));
-        shares.push(keyed);
-        keyed = tail;
-    }
+    // Positions ordered by key (a stable sort keeps arrival order within a
+    // key); each candidate then moves once, into its share.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&i, &j| candidates[i].env.key_id.cmp(&candidates[j].env.key_id));
+    let mut slots: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
+    let shares: Vec<Vec<(usize, Candidate)>> = order
+        .chunks(chunk)
+        .map(|positions| {
+            positions
+                .iter()
+                .filter_map(|&i| slots[i].take().map(|c| (i, c)))
+                .collect()
+        })
+        .collect();
     let tasks: Vec<_> = shares
         .into_iter()
         .map(|share| {
             let size = share.len();
             let task = tokio::task::spawn_blocking(move || {
+                let mut share = share;
                 let refs: Vec<(&SignedEnvelope, Domain, &VerifyingKey)> = share
                     .iter()
                     .map(|(_, c)| {
@@ -776,6 +825,11 @@ async fn verify_batch(candidates: Vec<Candidate>) -> (Vec<Candidate>, Vec<bool>)
                     .collect();
                 let verdicts: Vec<bool> = verify_many(&refs).iter().map(Result::is_ok).collect();
                 drop(refs);
+                for ((_, c), ok) in share.iter_mut().zip(&verdicts) {
+                    if *ok {
+                        c.prepared = Some(c.prepare());
+                    }
+                }
                 (share, verdicts)
             });
             (size, task)

@@ -92,7 +92,6 @@ pub struct ReadingRow {
     pub status: &'static str,
     pub key_id: String,
     pub envelope: Vec<u8>,
-    pub digest: Vec<u8>,
     pub received_at: i64,
 }
 
@@ -128,7 +127,7 @@ pub async fn insert_readings(
     for chunk in chunks(&sorted) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO readings (meter, seq, household, ts, import_wh, export_wh, pv_wh, grid_power_w, \
-             pv_power_w, status, key_id, envelope, digest, received_at) ",
+             pv_power_w, status, key_id, envelope, received_at) ",
         );
         qb.push_values(chunk, |mut b, r| {
             b.push_bind(r.meter.as_str())
@@ -143,7 +142,6 @@ pub async fn insert_readings(
                 .push_bind(r.status)
                 .push_bind(r.key_id.as_str())
                 .push_bind(r.envelope.as_slice())
-                .push_bind(r.digest.as_slice())
                 .push_bind(r.received_at);
         });
         qb.build().execute(&mut *conn).await?;
@@ -233,14 +231,14 @@ pub async fn meter_tip(
     Ok((seq, good))
 }
 
-/// The digest of the stored reading (meter, seq), if any.
-pub async fn reading_digest(
+/// The exact envelope bytes of the stored reading (meter, seq), if any.
+pub async fn reading_envelope(
     pool: &SqlitePool,
     meter: &str,
     seq: i64,
 ) -> Result<Option<Vec<u8>>, StoreError> {
     Ok(
-        sqlx::query_scalar("SELECT digest FROM readings WHERE meter = ? AND seq = ?")
+        sqlx::query_scalar("SELECT envelope FROM readings WHERE meter = ? AND seq = ?")
             .bind(meter)
             .bind(seq)
             .fetch_optional(pool)

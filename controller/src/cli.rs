@@ -267,6 +267,7 @@ pub struct IngestArgs {
 pub fn bench_ingest(a: IngestArgs) -> Result<(), CliError> {
     // Kept until the run is over: dropping it stops the private broker.
     let mut _private = None;
+    let mut broker_pid = None;
     let broker = if a.broker == "embedded" {
         let addr = crate::broker::start_embedded().map_err(|e| CliError::Runtime(e.into()))?;
         (addr.ip().to_string(), addr.port())
@@ -274,6 +275,7 @@ pub fn bench_ingest(a: IngestArgs) -> Result<(), CliError> {
         let m = crate::ingest_bench::PrivateMosquitto::start()
             .map_err(|e| CliError::Runtime(e.into()))?;
         let b = ("127.0.0.1".to_owned(), m.port);
+        broker_pid = Some(m.pid());
         _private = Some(m);
         b
     } else {
@@ -286,6 +288,7 @@ pub fn bench_ingest(a: IngestArgs) -> Result<(), CliError> {
         publishers: usize::try_from(a.publishers).unwrap_or(4),
         window: a.window,
         batch_max: a.batch,
+        broker_pid,
     };
     let rt = tokio::runtime::Runtime::new().map_err(|e| CliError::Runtime(e.into()))?;
     let report = rt

@@ -43,6 +43,11 @@ pub struct IngestOptions {
     pub publishers: usize,
     pub window: usize,
     pub batch_max: usize,
+    /// The broker's process, when it runs beside the benchmark (the private
+    /// Mosquitto), so that its CPU time can be reported; `None` for a remote
+    /// broker, and for the embedded one (its CPU time is the benchmark
+    /// process's own).
+    pub broker_pid: Option<u32>,
 }
 
 /// Why the benchmark could not finish.
@@ -102,6 +107,11 @@ impl PrivateMosquitto {
     /// [`Self::MAX_QUEUED`]).
     pub fn start() -> Result<PrivateMosquitto, IngestBenchError> {
         Self::start_with(Self::MAX_INFLIGHT, Self::MAX_QUEUED)
+    }
+
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// What the broker logged so far (drops show up here).
@@ -216,14 +226,14 @@ pub async fn run(o: &IngestOptions) -> Result<serde_json::Value, IngestBenchErro
             (topic, p.clone())
         })
         .collect();
-    let raw = raw_rate(o, &raw_grid, &raw_topics).await?;
+    let (raw, raw_cpu) = raw_rate(o, &raw_grid, &raw_topics).await?;
 
     // The engine.
     let dir = std::env::temp_dir().join(format!("voltshare-ingest-{tag:08x}"));
     std::fs::create_dir_all(&dir)?;
     let result = engine_rate(o, &grid, &meters, &signed, &dir).await;
     let _ = std::fs::remove_dir_all(&dir);
-    let (engine_ms, stored, engine_counts) = result?;
+    let (engine_ms, stored, engine_counts, engine_cpu) = result?;
 
     let per_sec = rate(o.readings, engine_ms);
     let raw_per_sec = rate(o.readings, raw);
@@ -242,7 +252,89 @@ pub async fn run(o: &IngestOptions) -> Result<serde_json::Value, IngestBenchErro
         "broker_qos1_per_sec": raw_per_sec,
         "ratio_permille": per_sec.saturating_mul(1000).checked_div(raw_per_sec).unwrap_or(0),
         "engine": engine_counts,
+        "cpu": {
+            "cores": std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            "broker_qos1": raw_cpu.report(o.readings),
+            "engine": engine_cpu.report(o.readings),
+        },
     }))
+}
+
+/// CPU time (user + system, all threads) of a process so far, from
+/// `/proc/PID/stat` (Linux; `None` elsewhere or when unreadable).
+fn cpu_time(pid: Option<u32>) -> Option<Duration> {
+    let path = pid.map_or_else(
+        || "/proc/self/stat".to_owned(),
+        |p| format!("/proc/{p}/stat"),
+    );
+    let text = std::fs::read_to_string(path).ok()?;
+    // The command name is in parentheses and may hold spaces: count fields
+    // from the last ')'. The field after it is stat's 3rd (state); utime
+    // and stime are the 14th and 15th.
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // /proc reports in USER_HZ, which Linux fixes at 100 per second.
+    Some(Duration::from_millis(
+        utime.saturating_add(stime).saturating_mul(10),
+    ))
+}
+
+/// CPU time of the benchmark process and of the broker over one timed run.
+struct CpuSpan {
+    wall: Stopwatch,
+    process: Option<Duration>,
+    broker: Option<Duration>,
+    broker_pid: Option<u32>,
+}
+
+/// What a [`CpuSpan`] measured.
+struct CpuUse {
+    wall: Duration,
+    process: Option<Duration>,
+    broker: Option<Duration>,
+}
+
+impl CpuSpan {
+    fn start(broker_pid: Option<u32>) -> CpuSpan {
+        CpuSpan {
+            wall: Stopwatch::start(),
+            process: cpu_time(None),
+            broker: broker_pid.and_then(|p| cpu_time(Some(p))),
+            broker_pid,
+        }
+    }
+
+    fn stop(self) -> CpuUse {
+        let since =
+            |start: Option<Duration>, now: Option<Duration>| Some(now?.saturating_sub(start?));
+        CpuUse {
+            wall: self.wall.elapsed(),
+            process: since(self.process, cpu_time(None)),
+            broker: since(self.broker, self.broker_pid.and_then(|p| cpu_time(Some(p)))),
+        }
+    }
+}
+
+impl CpuUse {
+    /// Per message: microseconds of CPU in the benchmark process
+    /// (publishers and the subscriber or the engine) and in the broker, and
+    /// how many cores were busy with both on average (percent of one core).
+    fn report(&self, messages: usize) -> serde_json::Value {
+        let n = u64::try_from(messages.max(1)).unwrap_or(u64::MAX);
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let per_msg = |d: Option<Duration>| d.map(|d| micros(d) / n);
+        let busy = self
+            .process
+            .map(|p| p + self.broker.unwrap_or_default())
+            .map(|cpu| micros(cpu).saturating_mul(100) / micros(self.wall).max(1));
+        serde_json::json!({
+            "process_us_per_msg": per_msg(self.process),
+            "broker_us_per_msg": per_msg(self.broker),
+            "busy_core_percent": busy,
+        })
+    }
 }
 
 fn rate(n: usize, d: Duration) -> u64 {
@@ -428,7 +520,7 @@ async fn raw_rate(
     o: &IngestOptions,
     grid: &GridId,
     msgs: &[(String, Arc<Vec<u8>>)],
-) -> Result<Duration, IngestBenchError> {
+) -> Result<(Duration, CpuUse), IngestBenchError> {
     let tag: u32 = rand::rng().random();
     let (client, mut el) = AsyncClient::new(
         mqtt_options(format!("bench-sub-{tag:08x}"), &o.broker),
@@ -461,6 +553,7 @@ async fn raw_rate(
         .map_err(|_| IngestBenchError::Broker("subscriber did not subscribe within 10 s".into()))?;
     let c2 = count.clone();
     let c3 = count.clone();
+    let cpu = CpuSpan::start(o.broker_pid);
     let result = publish_all(
         o,
         "raw QoS 1",
@@ -469,10 +562,11 @@ async fn raw_rate(
         move || c3.load(Ordering::Relaxed),
     )
     .await;
+    let cpu = cpu.stop();
     let _ = client.disconnect().await;
     tokio::time::sleep(Duration::from_millis(10)).await;
     task.abort();
-    result
+    Ok((result?, cpu))
 }
 
 async fn engine_rate(
@@ -481,7 +575,7 @@ async fn engine_rate(
     meters: &[Meter],
     signed: &[(usize, Arc<Vec<u8>>)],
     dir: &std::path::Path,
-) -> Result<(Duration, u64, serde_json::Value), IngestBenchError> {
+) -> Result<(Duration, u64, serde_json::Value, CpuUse), IngestBenchError> {
     let mut cfg = EngineConfig::new(grid.clone(), dir.join("engine.db"));
     cfg.broker_host = o.broker.0.clone();
     cfg.broker_port = o.broker.1;
@@ -520,7 +614,9 @@ async fn engine_rate(
         move || c.readings_accepted.load(Ordering::Relaxed) + c.duplicates.load(Ordering::Relaxed);
     let r = counters.clone();
     let arrived = move || r.received.load(Ordering::Relaxed);
+    let cpu = CpuSpan::start(o.broker_pid);
     let result = publish_all(o, "engine", &msgs, arrived, done).await;
+    let cpu = cpu.stop();
     let stored = counters.readings_accepted.load(Ordering::Relaxed);
     let rejects = counters.rejects();
     if !rejects.is_empty() {
@@ -535,5 +631,5 @@ async fn engine_rate(
         "duplicates": counters.duplicates.load(Ordering::Relaxed),
     });
     let _ = engine.shutdown().await;
-    Ok((result?, stored, counts))
+    Ok((result?, stored, counts, cpu))
 }
