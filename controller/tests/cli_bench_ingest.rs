@@ -46,13 +46,38 @@ fn check(v: &serde_json::Value) {
     );
 }
 
+/// CPU per message of the benchmark process in each run: the engine
+/// verifies, decodes and stores every reading, the raw subscriber only
+/// counts, so the engine run must cost more per message.
+fn process_cpu(v: &serde_json::Value) -> (u64, u64) {
+    let us = |run: &str| {
+        v["cpu"][run]["process_us_per_msg"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("cpu.{run}.process_us_per_msg: {v}"))
+    };
+    (us("broker_qos1"), us("engine"))
+}
+
 #[test]
 fn through_a_private_mosquitto() {
-    check(&bench_ingest("mosquitto"));
+    let v = bench_ingest("mosquitto");
+    check(&v);
+    let (raw, engine) = process_cpu(&v);
+    assert!(engine > raw, "{v}");
+    // The private broker is a process of its own: its CPU is reported.
+    for run in ["broker_qos1", "engine"] {
+        assert!(v["cpu"][run]["broker_us_per_msg"].is_u64(), "{v}");
+        assert!(v["cpu"][run]["busy_core_percent"].is_u64(), "{v}");
+    }
+    assert!(v["cpu"]["cores"].as_u64().is_some_and(|c| c >= 1), "{v}");
 }
 
 #[test]
 fn through_the_embedded_broker() {
     let v = bench_ingest("embedded");
     check(&v);
+    let (raw, engine) = process_cpu(&v);
+    assert!(engine > raw, "{v}");
+    // The embedded broker runs inside the process: no separate figure.
+    assert!(v["cpu"]["engine"]["broker_us_per_msg"].is_null(), "{v}");
 }
