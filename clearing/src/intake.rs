@@ -297,12 +297,12 @@ impl Intake {
                 }
             }
         }
-        let readings = pending.rows;
-        if let Err(e) = self.commit(&readings, &orders, &out.rejects).await {
+        let readings = pending.rows.len();
+        if let Err(e) = self.commit(pending.rows, &orders, &out.rejects).await {
             self.forget();
             return Err(e);
         }
-        out.readings = readings.len();
+        out.readings = readings;
         out.orders = orders.len();
         Ok(out)
     }
@@ -316,7 +316,7 @@ impl Intake {
 
     async fn commit(
         &self,
-        readings: &[ReadingRow],
+        readings: Vec<ReadingRow>,
         orders: &[OrderRow],
         rejects: &BTreeMap<RejectReason, u64>,
     ) -> Result<(), StoreError> {

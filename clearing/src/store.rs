@@ -120,19 +120,22 @@ pub struct OrderRow {
 /// the slowest stage of the pipeline).
 pub async fn insert_readings(
     conn: &mut SqliteConnection,
-    rows: &[ReadingRow],
+    mut rows: Vec<ReadingRow>,
 ) -> Result<(), StoreError> {
-    let mut sorted: Vec<&ReadingRow> = rows.iter().collect();
-    sorted.sort_unstable_by(|a, b| (a.meter.as_str(), a.seq).cmp(&(b.meter.as_str(), b.seq)));
-    for chunk in chunks(&sorted) {
+    rows.sort_unstable_by(|a, b| (a.meter.as_str(), a.seq).cmp(&(b.meter.as_str(), b.seq)));
+    let sizes: Vec<usize> = chunk_sizes(rows.len()).collect();
+    let mut rows = rows.into_iter();
+    for size in sizes {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO readings (meter, seq, household, ts, import_wh, export_wh, pv_wh, grid_power_w, \
              pv_power_w, status, key_id, envelope, received_at) ",
         );
-        qb.push_values(chunk, |mut b, r| {
-            b.push_bind(r.meter.as_str())
+        // The rows are ours: their strings and envelopes move into the
+        // statement's arguments instead of being copied.
+        qb.push_values(rows.by_ref().take(size), |mut b, r| {
+            b.push_bind(r.meter)
                 .push_bind(r.seq)
-                .push_bind(r.household.as_str())
+                .push_bind(r.household)
                 .push_bind(r.ts)
                 .push_bind(r.import_wh)
                 .push_bind(r.export_wh)
@@ -140,8 +143,8 @@ pub async fn insert_readings(
                 .push_bind(r.grid_power_w)
                 .push_bind(r.pv_power_w)
                 .push_bind(r.status)
-                .push_bind(r.key_id.as_str())
-                .push_bind(r.envelope.as_slice())
+                .push_bind(r.key_id)
+                .push_bind(r.envelope)
                 .push_bind(r.received_at);
         });
         qb.build().execute(&mut *conn).await?;
