@@ -21,6 +21,16 @@
 //!
 //! All readings are signed before the clock starts: signing is the meters'
 //! work, not the engine's.
+//!
+//! Next to the rates, `cpu` says where the time went in each run: CPU
+//! microseconds per message of the benchmark process (publishers plus the
+//! subscriber, or plus the engine) and of the broker when it is a process
+//! of its own, and how many cores both kept busy on average (percent of
+//! one core). With 2 cores shared by publishers, broker and consumer, the
+//! raw run is not CPU-bound while the engine run is: its rate is about the
+//! cores' time divided by the CPU per reading, so the engine's own CPU per
+//! reading (signature check, decoding, rules, storage, acks) is what
+//! bounds the ratio.
 
 use clearing::{EngineConfig, Enrolment};
 use ed25519_dalek::SigningKey;
