@@ -114,7 +114,8 @@ struct Candidate {
     kind: Kind,
     topic: Topic,
     env: SignedEnvelope,
-    /// The exact wire bytes: what is stored and hashed.
+    /// The exact wire bytes: what is stored (and, for an order, hashed;
+    /// a reading's redelivery is recognised by comparing these bytes).
     raw: Vec<u8>,
     entry: KeyEntry,
     /// The decoded payload, filled beside verification for a message whose
@@ -142,11 +143,21 @@ impl Candidate {
         }
     }
 
-    /// What the verification stage prepared, or the same work now.
-    fn take_prepared(&mut self) -> Prepared {
+    /// The reading the verification stage decoded, or decoded now.
+    fn take_reading(&mut self) -> Result<Reading, protocol::PayloadError> {
         match self.prepared.take() {
-            Some(p) => p,
-            None => self.prepare(),
+            Some(Ok(Payload::Reading(r))) => Ok(*r),
+            Some(Err(e)) => Err(e),
+            _ => decode_payload(&self.env.payload),
+        }
+    }
+
+    /// The order the verification stage decoded, or decoded now.
+    fn take_order(&mut self) -> Result<Order, protocol::PayloadError> {
+        match self.prepared.take() {
+            Some(Ok(Payload::Order(o))) => Ok(*o),
+            Some(Err(e)) => Err(e),
+            _ => decode_payload(&self.env.payload),
         }
     }
 }
@@ -399,11 +410,10 @@ impl Intake {
         pending: &mut Pending,
         out: &mut BatchOutcome,
     ) -> Result<(), StoreError> {
-        let payload = c.take_prepared();
+        let payload = c.take_reading();
         let household = &c.entry.household;
         let r: Reading = match payload {
-            Ok(Payload::Reading(r)) => *r,
-            Ok(Payload::Order(_)) => return Ok(()),
+            Ok(r) => r,
             Err(error) => {
                 debug!(%household, %error, "malformed reading");
                 out.reject(RejectReason::Malformed);
@@ -581,11 +591,10 @@ impl Intake {
         pending: &mut Pending,
         out: &mut BatchOutcome,
     ) -> Result<Option<OrderRow>, StoreError> {
-        let payload = c.take_prepared();
+        let payload = c.take_order();
         let household = &c.entry.household;
         let o: Order = match payload {
-            Ok(Payload::Order(o)) => *o,
-            Ok(Payload::Reading(_)) => return Ok(None),
+            Ok(o) => o,
             Err(error) => {
                 debug!(%household, %error, "malformed order");
                 out.reject(RejectReason::Malformed);
