@@ -44,26 +44,21 @@ fn check(v: &serde_json::Value) {
         Some(per_sec * 1000 / raw),
         "{v}"
     );
-}
-
-/// CPU per message of the benchmark process in each run: the engine
-/// verifies, decodes and stores every reading, the raw subscriber only
-/// counts, so the engine run must cost more per message.
-fn process_cpu(v: &serde_json::Value) -> (u64, u64) {
+    // CPU per message of the benchmark process in each run: the engine
+    // verifies, decodes and stores every reading, the raw subscriber only
+    // counts, so the engine run must cost more per message.
     let us = |run: &str| {
         v["cpu"][run]["process_us_per_msg"]
             .as_u64()
             .unwrap_or_else(|| panic!("cpu.{run}.process_us_per_msg: {v}"))
     };
-    (us("broker_qos1"), us("engine"))
+    assert!(us("engine") > us("broker_qos1"), "{v}");
 }
 
 #[test]
 fn through_a_private_mosquitto() {
     let v = bench_ingest("mosquitto");
     check(&v);
-    let (raw, engine) = process_cpu(&v);
-    assert!(engine > raw, "{v}");
     // The private broker is a process of its own: its CPU is reported.
     for run in ["broker_qos1", "engine"] {
         assert!(v["cpu"][run]["broker_us_per_msg"].is_u64(), "{v}");
@@ -76,8 +71,6 @@ fn through_a_private_mosquitto() {
 fn through_the_embedded_broker() {
     let v = bench_ingest("embedded");
     check(&v);
-    let (raw, engine) = process_cpu(&v);
-    assert!(engine > raw, "{v}");
     // The embedded broker runs inside the process: no separate figure.
     assert!(v["cpu"]["engine"]["broker_us_per_msg"].is_null(), "{v}");
 }
