@@ -45,8 +45,8 @@
 //! five minutes (the broker outage's, about 30,000 readings, was gone after
 //! about 13 s of 15 on a faster machine and down to a third on a slower
 //! one; the engine outage's, about 90,000, is gone about 30 s after the
-//! engine's return on the faster one, while the meters go on). This used to fail: each agent republished its whole
-//! backlog every resend period, so an engine back from 30 minutes faced tens
+//! engine's return on the faster one, while the meters go on). This used
+//! to fail: each agent republished its whole backlog every resend period, so an engine back from 30 minutes faced tens
 //! of thousands of duplicates, the broker's queue for it overflowed and it
 //! was disconnected for missed keep-alives; and every reading cost three
 //! fsyncs (reading, counter baseline, ack) and two `COUNT(*)` scans of the
@@ -509,15 +509,15 @@ async fn broker_and_engine_outages_deliver_everything_once() {
     let sim_rate_ms = u64::try_from(p.poll.as_millis()).unwrap_or(0) * p.speed;
     // What the agents really achieved (a loaded machine polls less often
     // than asked).
-    let run_minutes = (polled_until.0 - run_from.0) as f64 / 60_000.0;
+    let minutes = |from: UnixMs, to: UnixMs| (to.0 - from.0) as f64 / 60_000.0;
+    let rate = |n: u64, m: f64| n as f64 / p.meters as f64 / m;
+    let run_minutes = minutes(run_from, polled_until);
     let taken: u64 = audits.iter().map(|a| a.expected).sum();
-    let per_meter_minute = taken as f64 / p.meters as f64 / run_minutes;
+    let per_meter_minute = rate(taken, run_minutes);
     // The same rate inside each outage and outside both: polling must not
     // depend on the broker or the engine being there.
-    let minutes = |from: UnixMs, to: UnixMs| (to.0 - from.0) as f64 / 60_000.0;
     let broker_minutes = minutes(broker_from, broker_to);
     let engine_minutes = minutes(engine_from, restarting);
-    let rate = |n: u64, m: f64| n as f64 / p.meters as f64 / m;
     let during_broker = rate(backlog_broker, broker_minutes);
     let during_engine = rate(backlog_engine, engine_minutes);
     let outside = rate(
@@ -542,7 +542,7 @@ async fn broker_and_engine_outages_deliver_everything_once() {
             "system_minutes_of_the_run": run_minutes,
             "interval_ms": LEN,
             "broker_outage": {
-                "simulated_minutes": (broker_to.0 - broker_from.0) as f64 / 60_000.0,
+                "simulated_minutes": broker_minutes,
                 "wall_seconds": broker_wall,
                 "readings_taken_meanwhile": backlog_broker,
                 "backlog_at_return": pending_broker,
@@ -550,7 +550,7 @@ async fn broker_and_engine_outages_deliver_everything_once() {
                 "broker_restarts": broker.restarts,
             },
             "engine_outage": {
-                "simulated_minutes": (engine_to.0 - engine_from.0) as f64 / 60_000.0,
+                "simulated_minutes": minutes(engine_from, engine_to),
                 "wall_seconds": engine_wall,
                 "readings_taken_meanwhile": backlog_engine,
                 "backlog_at_return": pending_engine,
