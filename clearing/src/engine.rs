@@ -374,12 +374,21 @@ impl EngineHandle {
     /// Stops the engine abruptly, as a crash would: the tasks are aborted
     /// wherever they are, nothing is flushed or announced. For fault tests:
     /// whatever a restart needs must already be in the database.
-    pub fn kill(self) {
+    ///
+    /// Returns once every task has ended (an aborted task runs on to its
+    /// next await point, possibly on another worker thread): from then on
+    /// the engine takes nothing more from the broker, so a test can say
+    /// which messages the dead engine could have held.
+    pub async fn kill(self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         for w in &self.workers {
             w.abort();
         }
         self.event_loop.abort();
+        for task in self.workers.into_iter().chain([self.event_loop]) {
+            // Cancelled, or finished just before the abort: either way gone.
+            let _ = task.await;
+        }
     }
 
     /// Checks the whole settlement chain.

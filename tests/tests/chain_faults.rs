@@ -151,7 +151,7 @@ async fn paused_mining_dropped_transactions_and_a_killed_engine_settle_every_bat
             .expect("drop");
     }
     // Kill the engine mid-flight and start it again on the same database.
-    engine.kill();
+    engine.kill().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let engine = start(cfg, clock.clone()).await;
     let pool = engine.pool();

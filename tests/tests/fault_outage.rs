@@ -442,7 +442,11 @@ async fn broker_and_engine_outages_deliver_everything_once() {
     let cleared_before_engine = cleared(&eng.as_ref().expect("engine").pool()).await;
     let engine_watch = protocol::Stopwatch::start();
     let engine_from = clock.now();
-    eng.take().expect("engine").kill();
+    eng.take().expect("engine").kill().await;
+    // The dead engine held nothing taken after this instant (the kill
+    // returns once its tasks have ended; until then its event loop may
+    // still take a reading published after `engine_from`).
+    let killed_at = clock.now();
     pass(&clock, p.orders_into_engine_outage).await;
     let sent = feed.stop().await;
     let target = last_target(&sent);
@@ -492,7 +496,7 @@ async fn broker_and_engine_outages_deliver_everything_once() {
     let meters = agents.meters.clone();
     agents.stop().await;
     let kill = EngineKill {
-        killed_at: engine_from,
+        killed_at,
         restarted_at: restarting,
     };
     let (audits, order) = audit_meters(&pool, &meters, Some(kill)).await;

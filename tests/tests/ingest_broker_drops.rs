@@ -62,7 +62,7 @@ async fn broker_queue_drops_are_recovered_by_the_outboxes() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The engine goes away; its persistent session's queue overflows.
-    eng.kill();
+    eng.kill().await;
     let before = agents.readings();
     tokio::time::sleep(OUTAGE).await;
     let published_meanwhile = agents.readings() - before;
