@@ -159,6 +159,7 @@ pub async fn start_engine(
     );
     let counters = Arc::new(Counters::default());
     counters.load_rejects(store::load_rejects(&pool).await?);
+    counters.load_sender_rejects(store::load_sender_rejects(&pool).await?);
 
     let status_topic = Topic::Status {
         grid: cfg.grid.clone(),
@@ -768,7 +769,7 @@ async fn process_batch(
     c.last_batch
         .store(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
     c.add_rejects(&out.rejects);
-    c.add_sender_rejects(out.acks.iter().map(|(h, items)| (h, items.as_slice())));
+    c.add_sender_rejects(&out.sender_rejects);
     Counters::bump(
         &c.readings_accepted,
         u64::try_from(out.readings).unwrap_or(0),

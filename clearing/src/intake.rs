@@ -34,7 +34,7 @@
 //! to commit, so it never runs ahead of the database.
 
 use crate::error::StoreError;
-use crate::metrics::RejectReason;
+use crate::metrics::{RejectReason, SenderRejects, sender_rejects_of};
 use crate::registry::{KeyEntry, Registry};
 use crate::store::{self, OrderRow, ReadingRow};
 use ed25519_dalek::VerifyingKey;
@@ -79,6 +79,9 @@ pub struct BatchOutcome {
     /// Acknowledgement items per household, in message order.
     pub acks: BTreeMap<HouseholdId, Vec<AckItem>>,
     pub rejects: BTreeMap<RejectReason, u64>,
+    /// The rejections among `acks` by household, meter and reason (stored
+    /// with the batch).
+    pub sender_rejects: SenderRejects,
     pub readings: usize,
     pub orders: usize,
     pub duplicates: u64,
@@ -309,7 +312,12 @@ impl Intake {
             }
         }
         let readings = pending.rows.len();
-        if let Err(e) = self.commit(pending.rows, &orders, &out.rejects).await {
+        out.sender_rejects =
+            sender_rejects_of(out.acks.iter().map(|(h, items)| (h, items.as_slice())));
+        if let Err(e) = self
+            .commit(pending.rows, &orders, &out.rejects, &out.sender_rejects)
+            .await
+        {
             self.forget();
             return Err(e);
         }
@@ -330,7 +338,9 @@ impl Intake {
         readings: Vec<ReadingRow>,
         orders: &[OrderRow],
         rejects: &BTreeMap<RejectReason, u64>,
+        sender_rejects: &SenderRejects,
     ) -> Result<(), StoreError> {
+        // A sender's rejection is also counted in `rejects`.
         if readings.is_empty() && orders.is_empty() && rejects.is_empty() {
             return Ok(());
         }
@@ -338,6 +348,7 @@ impl Intake {
         store::insert_readings(&mut tx, readings).await?;
         store::insert_orders(&mut tx, orders).await?;
         store::add_rejects(&mut tx, rejects).await?;
+        store::add_sender_rejects(&mut tx, sender_rejects).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -120,16 +120,43 @@ impl std::fmt::Display for RejectReason {
     }
 }
 
+/// Rejects of authenticated senders: (household, meter, reason) → count.
+/// Orders carry no meter and count under an empty one.
+pub type SenderRejects = BTreeMap<(String, String, String), u64>;
+
+/// Counts the rejections among a batch's acknowledgements: each is an
+/// authenticated sender's message refused for a reason (readings name their
+/// meter, orders none).
+pub fn sender_rejects_of<'a>(
+    acks: impl IntoIterator<Item = (&'a protocol::HouseholdId, &'a [protocol::AckItem])>,
+) -> SenderRejects {
+    let mut map = SenderRejects::new();
+    for (household, items) in acks {
+        for item in items {
+            if let protocol::AckOutcome::Rejected(reason) = &item.outcome {
+                let meter = item
+                    .meter
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_default();
+                let n = map
+                    .entry((household.to_string(), meter, reason.clone()))
+                    .or_insert(0);
+                *n = n.saturating_add(1);
+            }
+        }
+    }
+    map
+}
+
 /// The engine's counters. Shared (`Arc`) between the intake, the scheduler
 /// and the read model.
 #[derive(Debug, Default)]
 pub struct Counters {
     rejects: Mutex<BTreeMap<String, u64>>,
     /// Rejects of authenticated senders by (household, meter, reason);
-    /// orders carry no meter and count under an empty meter. In memory:
-    /// counted since the engine started (the engine-wide counts above are
-    /// the persisted ones).
-    sender_rejects: Mutex<BTreeMap<(String, String, String), u64>>,
+    /// orders carry no meter and count under an empty meter. Persisted too.
+    sender_rejects: Mutex<SenderRejects>,
     /// Readings and orders taken from the broker connection (before any
     /// check): the ingest rate as offered.
     pub received: AtomicU64,
@@ -257,32 +284,26 @@ impl Counters {
         *map = rows.into_iter().collect();
     }
 
-    /// Counts the rejections among a batch's acknowledgements: each is an
-    /// authenticated sender's message refused for a reason (readings name
-    /// their meter, orders none).
-    pub fn add_sender_rejects<'a>(
-        &self,
-        acks: impl IntoIterator<Item = (&'a protocol::HouseholdId, &'a [protocol::AckItem])>,
-    ) {
+    /// Adds rejects of authenticated senders (after they were persisted).
+    pub fn add_sender_rejects(&self, counts: &SenderRejects) {
         let mut map = self
             .sender_rejects
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        for (household, items) in acks {
-            for item in items {
-                if let protocol::AckOutcome::Rejected(reason) = &item.outcome {
-                    let meter = item
-                        .meter
-                        .as_ref()
-                        .map(|m| m.to_string())
-                        .unwrap_or_default();
-                    let n = map
-                        .entry((household.to_string(), meter, reason.clone()))
-                        .or_insert(0);
-                    *n = n.saturating_add(1);
-                }
-            }
+        for (key, n) in counts {
+            let total = map.entry(key.clone()).or_insert(0);
+            *total = total.saturating_add(*n);
         }
+    }
+
+    /// Replaces the rejects of authenticated senders with persisted ones
+    /// (at start-up).
+    pub fn load_sender_rejects(&self, counts: SenderRejects) {
+        let mut map = self
+            .sender_rejects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *map = counts;
     }
 
     /// Rejects of authenticated senders as (household, meter, reason,

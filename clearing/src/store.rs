@@ -9,7 +9,7 @@
 //! cost is the fsync per commit, not the rows.
 
 use crate::error::{StoreError, to_i64, to_u64};
-use crate::metrics::RejectReason;
+use crate::metrics::{RejectReason, SenderRejects};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use std::collections::BTreeMap;
@@ -207,6 +207,37 @@ pub async fn load_rejects(pool: &SqlitePool) -> Result<Vec<(String, u64)>, Store
             .await?;
     rows.into_iter()
         .map(|(r, n)| Ok((r, to_u64(n, "reject count")?)))
+        .collect()
+}
+
+/// Adds rejects of authenticated senders to the persisted totals.
+pub async fn add_sender_rejects(
+    conn: &mut SqliteConnection,
+    counts: &SenderRejects,
+) -> Result<(), StoreError> {
+    for ((household, meter, reason), n) in counts {
+        sqlx::query(
+            "INSERT INTO sender_reject_counts (household, meter, reason, count) VALUES (?, ?, ?, ?) \
+             ON CONFLICT(household, meter, reason) DO UPDATE SET count = count + excluded.count",
+        )
+        .bind(household)
+        .bind(meter)
+        .bind(reason)
+        .bind(to_i64(*n, "reject count")?)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Persisted rejects of authenticated senders.
+pub async fn load_sender_rejects(pool: &SqlitePool) -> Result<SenderRejects, StoreError> {
+    let rows: Vec<(String, String, String, i64)> =
+        sqlx::query_as("SELECT household, meter, reason, count FROM sender_reject_counts")
+            .fetch_all(pool)
+            .await?;
+    rows.into_iter()
+        .map(|(h, m, r, n)| Ok(((h, m, r), to_u64(n, "reject count")?)))
         .collect()
 }
 

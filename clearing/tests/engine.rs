@@ -157,6 +157,42 @@ async fn clears_at_the_gate_settles_and_survives_a_restart() {
         )
         .await;
     client.acks(4, 10).await;
+    // Seq 3 again with other counters: refused, and counted for the seller's
+    // meter (as the late order is for the buyer, under no meter).
+    client
+        .publish(
+            s.reading_topic(&grid),
+            s.sign_reading(&s.reading(&grid, 3, end + 500, 0, 5651)),
+        )
+        .await;
+    let conflict = client.acks(1, 10).await;
+    assert_eq!(
+        conflict[0].1.outcome,
+        AckOutcome::Rejected("seq_conflict".into())
+    );
+    let sender_rejects = |rm: &Arc<dyn clearing::read::ReadModel>| {
+        let mut rows: Vec<_> = rm
+            .meter_rejects()
+            .into_iter()
+            .map(|r| (r.household, r.meter, r.reason, r.count))
+            .collect();
+        rows.sort();
+        rows
+    };
+    let expected_rejects = {
+        let mut rows = vec![
+            (b.id.to_string(), None, "gate_closed".to_owned(), 1),
+            (
+                s.id.to_string(),
+                Some(s.meter.to_string()),
+                "seq_conflict".to_owned(),
+                1,
+            ),
+        ];
+        rows.sort();
+        rows
+    };
+    assert_eq!(sender_rejects(&rm), expected_rejects);
     // After the grace period the settler records i0 (empty) and i1.
     clock.set(UnixMs(end + cfg.settle_grace_ms + 1));
     eventually(10, "i1 settled", || {
@@ -202,6 +238,8 @@ async fn clears_at_the_gate_settles_and_survives_a_restart() {
     let i2 = i1.next(LEN);
     clock.set(UnixMs(i2.end(LEN).0 + cfg.settle_grace_ms + 1));
     let rm = engine.read_model();
+    // A household's record of its refused messages survives the restart.
+    assert_eq!(sender_rejects(&rm), expected_rejects);
     eventually(10, "i2 settled after restart", || {
         let rm = rm.clone();
         async move {
