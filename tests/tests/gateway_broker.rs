@@ -22,7 +22,12 @@
 //!   connects, naming the key and the file;
 //! - the gateway (`voltshare run` composition) connects over TLS: its meter
 //!   agent's signed readings (natively, under the household's certificate)
-//!   and its status reach the engine's subscriber.
+//!   and its status reach the engine's subscriber;
+//! - the gateway's Home Assistant role connects to a second Mosquitto (Home
+//!   Assistant's own broker: TLS, username and password file, no ACL) and
+//!   publishes the sensors' discovery configs, availability and state;
+//!   after the gateway stops, the configs stay retained and the
+//!   availability says `offline`.
 
 use anyhow::{Context, Result, bail, ensure};
 use controller::config::BrokerSecurity;
@@ -362,37 +367,13 @@ async fn clients_without_valid_credentials_are_refused() -> Result<()> {
     Ok(())
 }
 
-/// The gateway composition over TLS: a household gateway config (meter agent
-/// against the Modbus simulator, controller, status) pointed at the secured
-/// broker; the engine's subscriber sees its signed readings and its status.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_connects_over_tls_with_its_certificate() -> Result<()> {
-    let broker = Broker::start("gw")?;
-    let (engine, mut engine_el) = client(
-        "engine-sub",
-        broker.cert_port,
-        &broker.cert_security("engine"),
-    )?;
-    ensure!(connect(&mut engine_el).await? == ConnectReturnCode::Success);
-    engine
-        .subscribe("voltshare/lindenweg/#", QoS::AtLeastOnce)
-        .await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(ev) = engine_el.poll().await {
-            if let Event::Incoming(Packet::Publish(p)) = ev {
-                let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
-            }
-        }
-    });
-
-    let clock: Arc<dyn protocol::Clock> = Arc::new(protocol::SystemClock);
-    let sim = meter_agent::SimHousehold::from_seed(7);
-    let (modbus, sim_task) =
-        meter_agent::spawn_simulator("127.0.0.1:0".parse()?, sim, clock.clone()).await?;
+/// A household gateway's config (h01: meter agent against the Modbus
+/// simulator at `modbus`, controller) on `broker`'s certificate listener,
+/// with `extra` appended.
+fn gateway_toml(broker: &Broker, modbus: std::net::SocketAddr, extra: &str) -> String {
     let engine_key = controller::keys::generate();
     let d = broker.dir.display();
-    let text = format!(
+    format!(
         r#"
 grid = "lindenweg"
 data_dir = "{d}/gw"
@@ -423,10 +404,41 @@ min_sell_price = 100000
 max_buy_price = 300000
 latitude = 51.45
 longitude = 7.01
-"#,
+{extra}"#,
         port = broker.cert_port,
         pk = hex::encode(engine_key.verifying_key().as_bytes()),
-    );
+    )
+}
+
+/// The gateway composition over TLS: a household gateway config (meter agent
+/// against the Modbus simulator, controller, status) pointed at the secured
+/// broker; the engine's subscriber sees its signed readings and its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_connects_over_tls_with_its_certificate() -> Result<()> {
+    let broker = Broker::start("gw")?;
+    let (engine, mut engine_el) = client(
+        "engine-sub",
+        broker.cert_port,
+        &broker.cert_security("engine"),
+    )?;
+    ensure!(connect(&mut engine_el).await? == ConnectReturnCode::Success);
+    engine
+        .subscribe("voltshare/lindenweg/#", QoS::AtLeastOnce)
+        .await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(ev) = engine_el.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
+            }
+        }
+    });
+
+    let clock: Arc<dyn protocol::Clock> = Arc::new(protocol::SystemClock);
+    let sim = meter_agent::SimHousehold::from_seed(7);
+    let (modbus, sim_task) =
+        meter_agent::spawn_simulator("127.0.0.1:0".parse()?, sim, clock.clone()).await?;
+    let text = gateway_toml(&broker, modbus, "");
     let path = broker.dir.join("gateway.toml");
     std::fs::write(&path, text)?;
     let cfg = controller::config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -736,5 +748,200 @@ async fn wrong_ca_and_bad_files_fail_with_clear_errors() -> Result<()> {
         .context("a key that does not fit the certificate was accepted")?
         .to_string();
     ensure!(e.contains("key_file") && e.contains("h01.key"), "{e}");
+    Ok(())
+}
+
+/// A child process, killed on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Home Assistant's own broker as a gateway meets it: a second Mosquitto
+/// with one TLS listener (the test CA's server certificate) that takes
+/// only a username and password (h01's, from the password file) and has no
+/// ACL. Returns the process and its port.
+fn home_assistant_broker(broker: &Broker) -> Result<(Killed, u16)> {
+    let port = free_port();
+    let d = broker.dir.display();
+    let conf = broker.dir.join("ha-mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "per_listener_settings true\nlistener {port} 127.0.0.1\n\
+             certfile {d}/broker.crt\nkeyfile {d}/broker.key\ntls_version tlsv1.2\n\
+             require_certificate false\nallow_anonymous false\npassword_file {d}/passwd\n\
+             persistence false\n"
+        ),
+    )?;
+    let log = std::fs::File::create(broker.dir.join("ha-mosquitto.log"))?;
+    let child = Killed(
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting mosquitto (scripts/setup.d installs it)")?,
+    );
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok((child, port));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "Home Assistant's mosquitto did not listen: {}",
+        std::fs::read_to_string(broker.dir.join("ha-mosquitto.log")).unwrap_or_default()
+    )
+}
+
+/// Subscribes to everything on Home Assistant's broker as h01 (TLS and
+/// password) and forwards (topic, payload, retained).
+async fn watch_home_assistant(
+    broker: &Broker,
+    port: u16,
+    id: &str,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>, bool)>> {
+    let (ha, mut el) = client(
+        id,
+        port,
+        &broker.password_security("h01", "right-password")?,
+    )?;
+    ensure!(connect(&mut el).await? == ConnectReturnCode::Success);
+    ha.subscribe("#", QoS::AtLeastOnce).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _keep = ha;
+        while let Ok(ev) = el.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                let _ = tx.send((p.topic.clone(), p.payload.to_vec(), p.retain));
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// The gateway's Home Assistant role over TLS with a username and a
+/// password file, against a real Mosquitto standing in for Home
+/// Assistant's: the six sensors' discovery configs arrive (pointing at the
+/// household's state and availability topics), the availability goes
+/// online, the state carries the meter agent's latest reading, and after
+/// the gateway stops a newcomer (Home Assistant restarting) still finds the
+/// configs retained and the availability `offline`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_assistant_gets_the_sensors_over_tls_with_a_password() -> Result<()> {
+    let broker = Broker::start("ha")?;
+    let (_ha_broker, ha_port) = home_assistant_broker(&broker)?;
+    let mut rx = watch_home_assistant(&broker, ha_port, "ha-live").await?;
+
+    let clock: Arc<dyn protocol::Clock> = Arc::new(protocol::SystemClock);
+    let sim = meter_agent::SimHousehold::from_seed(11);
+    let (modbus, sim_task) =
+        meter_agent::spawn_simulator("127.0.0.1:0".parse()?, sim, clock.clone()).await?;
+    let password = broker.dir.join("ha-password");
+    std::fs::write(&password, "right-password\n")?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let d = broker.dir.display();
+    let text = gateway_toml(
+        &broker,
+        modbus,
+        &format!(
+            r#"
+[home_assistant]
+enabled = true
+host = "localhost"
+port = {ha_port}
+tls = true
+ca_file = "{d}/ca.crt"
+username = "h01"
+password_file = "{d}/ha-password"
+publish_every_ms = 1000
+"#
+        ),
+    );
+    let path = broker.dir.join("gateway.toml");
+    std::fs::write(&path, text)?;
+    let cfg = controller::config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure!(cfg.roles().contains(&"home_assistant"), "{:?}", cfg.roles());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let gw = tokio::spawn(controller::gateway::run_gateway(cfg, clock, stop_rx));
+
+    let state_topic = "voltshare/lindenweg/ha/h01/state";
+    let availability = "voltshare/lindenweg/ha/h01/availability";
+    let mut configs = std::collections::BTreeMap::new();
+    let (mut online, mut state) = (false, None::<serde_json::Value>);
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some((topic, payload, _)) = rx.recv().await {
+            if topic.starts_with("homeassistant/sensor/") && topic.ends_with("/config") {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&payload).expect("discovery config is JSON");
+                configs.insert(topic, v);
+            } else if topic == availability && payload == b"online" {
+                online = true;
+            } else if topic == state_topic {
+                let v: serde_json::Value = serde_json::from_slice(&payload).expect("state is JSON");
+                // The first states may precede the agent's first reading.
+                if v.get("power_w").is_some_and(|p| p.is_number()) {
+                    state = Some(v);
+                }
+            }
+            if configs.len() == 6 && online && state.is_some() {
+                break;
+            }
+        }
+    })
+    .await;
+    ensure!(
+        configs.len() == 6,
+        "discovery configs that arrived: {:?}",
+        configs.keys()
+    );
+    for (topic, c) in &configs {
+        ensure!(
+            topic.starts_with("homeassistant/sensor/voltshare_lindenweg_h01/"),
+            "{topic}"
+        );
+        ensure!(c["state_topic"] == state_topic, "{topic}: {c}");
+        ensure!(c["availability_topic"] == availability, "{topic}: {c}");
+    }
+    ensure!(online, "the availability never went online");
+    let state = state.context("no state with the agent's reading arrived")?;
+    for key in ["power_w", "import_kwh", "export_kwh"] {
+        ensure!(state[key].is_number(), "{key} in {state}");
+    }
+
+    // The gateway stops; Home Assistant (re)connecting finds what it needs.
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(15), gw).await;
+    sim_task.abort();
+    let mut rx = watch_home_assistant(&broker, ha_port, "ha-later").await?;
+    let (mut retained_configs, mut offline) = (0, false);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some((topic, payload, retained)) = rx.recv().await {
+            if retained && configs.contains_key(&topic) {
+                retained_configs += 1;
+            }
+            if retained && topic == availability && payload == b"offline" {
+                offline = true;
+            }
+            if retained_configs == 6 && offline {
+                break;
+            }
+        }
+    })
+    .await;
+    ensure!(
+        retained_configs == 6,
+        "retained configs: {retained_configs}"
+    );
+    ensure!(offline, "the availability was not left offline");
     Ok(())
 }
