@@ -200,6 +200,33 @@ async fn connect(el: &mut EventLoop) -> Result<ConnectReturnCode> {
     .context("connect timed out")?
 }
 
+/// A client subscribed to `filter` (QoS 1), forwarding every message it
+/// gets as (topic, payload, retained).
+async fn subscriber(
+    id: &str,
+    port: u16,
+    settings: &Settings,
+    filter: &str,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>, bool)>> {
+    let (c, mut el) = client(id, port, settings)?;
+    ensure!(
+        connect(&mut el).await? == ConnectReturnCode::Success,
+        "{id} connects"
+    );
+    c.subscribe(filter, QoS::AtLeastOnce).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        // The client lives as long as its event loop.
+        let _client = c;
+        while let Ok(ev) = el.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                let _ = tx.send((p.topic.clone(), p.payload.to_vec(), p.retain));
+            }
+        }
+    });
+    Ok(rx)
+}
+
 fn drive(mut el: EventLoop) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move { while el.poll().await.is_ok() {} })
 }
@@ -207,21 +234,13 @@ fn drive(mut el: EventLoop) -> tokio::task::JoinHandle<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn household_cannot_publish_on_another_households_topics() -> Result<()> {
     let broker = Broker::start("acl")?;
-    let (engine, mut engine_el) = client(
+    let mut rx = subscriber(
         "engine-sub",
         broker.cert_port,
         &broker.cert_security("engine"),
-    )?;
-    ensure!(connect(&mut engine_el).await? == ConnectReturnCode::Success);
-    engine.subscribe("voltshare/g/#", QoS::AtLeastOnce).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(ev) = engine_el.poll().await {
-            if let Event::Incoming(Packet::Publish(p)) = ev {
-                let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
-            }
-        }
-    });
+        "voltshare/g/#",
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let (a, mut a_el) = client("h01-gw", broker.cert_port, &broker.cert_security("h01"))?;
@@ -253,7 +272,7 @@ async fn household_cannot_publish_on_another_households_topics() -> Result<()> {
 
     let mut seen = Vec::new();
     let got_control = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some((topic, payload)) = rx.recv().await {
+        while let Some((topic, payload, _)) = rx.recv().await {
             let done = topic == "voltshare/g/orders/h01";
             seen.push((topic, payload));
             if done {
@@ -270,8 +289,8 @@ async fn household_cannot_publish_on_another_households_topics() -> Result<()> {
     );
     // And nothing else arrives afterwards either.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    while let Ok(m) = rx.try_recv() {
-        seen.push(m);
+    while let Ok((topic, payload, _)) = rx.try_recv() {
+        seen.push((topic, payload));
     }
     let forged: Vec<_> = seen.iter().filter(|(_, p)| p == b"forged by h01").collect();
     ensure!(
@@ -296,7 +315,7 @@ async fn household_cannot_publish_on_another_households_topics() -> Result<()> {
         .await
         .context("b's order")?;
     ensure!(
-        got.as_ref().map(|(t, _)| t.as_str()) == Some("voltshare/g/orders/h02"),
+        got.as_ref().map(|(t, ..)| t.as_str()) == Some("voltshare/g/orders/h02"),
         "{got:?}"
     );
     a_task.abort();
@@ -416,23 +435,13 @@ longitude = 7.01
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_connects_over_tls_with_its_certificate() -> Result<()> {
     let broker = Broker::start("gw")?;
-    let (engine, mut engine_el) = client(
+    let mut rx = subscriber(
         "engine-sub",
         broker.cert_port,
         &broker.cert_security("engine"),
-    )?;
-    ensure!(connect(&mut engine_el).await? == ConnectReturnCode::Success);
-    engine
-        .subscribe("voltshare/lindenweg/#", QoS::AtLeastOnce)
-        .await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(ev) = engine_el.poll().await {
-            if let Event::Incoming(Packet::Publish(p)) = ev {
-                let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
-            }
-        }
-    });
+        "voltshare/lindenweg/#",
+    )
+    .await?;
 
     let clock: Arc<dyn protocol::Clock> = Arc::new(protocol::SystemClock);
     let sim = meter_agent::SimHousehold::from_seed(7);
@@ -447,7 +456,7 @@ async fn gateway_connects_over_tls_with_its_certificate() -> Result<()> {
 
     let (mut reading, mut status) = (false, false);
     let _ = tokio::time::timeout(Duration::from_secs(15), async {
-        while let Some((topic, payload)) = rx.recv().await {
+        while let Some((topic, payload, _)) = rx.recv().await {
             if topic == "voltshare/lindenweg/readings/h01-main" {
                 let env = protocol::SignedEnvelope::decode(&payload).expect("a signed envelope");
                 let r: protocol::Reading =
@@ -800,32 +809,6 @@ fn home_assistant_broker(broker: &Broker) -> Result<(Killed, u16)> {
     )
 }
 
-/// Subscribes to everything on Home Assistant's broker as h01 (TLS and
-/// password) and forwards (topic, payload, retained).
-async fn watch_home_assistant(
-    broker: &Broker,
-    port: u16,
-    id: &str,
-) -> Result<tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>, bool)>> {
-    let (ha, mut el) = client(
-        id,
-        port,
-        &broker.password_security("h01", "right-password")?,
-    )?;
-    ensure!(connect(&mut el).await? == ConnectReturnCode::Success);
-    ha.subscribe("#", QoS::AtLeastOnce).await?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let _keep = ha;
-        while let Ok(ev) = el.poll().await {
-            if let Event::Incoming(Packet::Publish(p)) = ev {
-                let _ = tx.send((p.topic.clone(), p.payload.to_vec(), p.retain));
-            }
-        }
-    });
-    Ok(rx)
-}
-
 /// The gateway's Home Assistant role over TLS with a username and a
 /// password file, against a real Mosquitto standing in for Home
 /// Assistant's: the six sensors' discovery configs arrive (pointing at the
@@ -837,7 +820,8 @@ async fn watch_home_assistant(
 async fn home_assistant_gets_the_sensors_over_tls_with_a_password() -> Result<()> {
     let broker = Broker::start("ha")?;
     let (_ha_broker, ha_port) = home_assistant_broker(&broker)?;
-    let mut rx = watch_home_assistant(&broker, ha_port, "ha-live").await?;
+    let ha = broker.password_security("h01", "right-password")?;
+    let mut rx = subscriber("ha-live", ha_port, &ha, "#").await?;
 
     let clock: Arc<dyn protocol::Clock> = Arc::new(protocol::SystemClock);
     let sim = meter_agent::SimHousehold::from_seed(11);
@@ -922,7 +906,7 @@ publish_every_ms = 1000
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(15), gw).await;
     sim_task.abort();
-    let mut rx = watch_home_assistant(&broker, ha_port, "ha-later").await?;
+    let mut rx = subscriber("ha-later", ha_port, &ha, "#").await?;
     let (mut retained_configs, mut offline) = (0, false);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some((topic, payload, retained)) = rx.recv().await {
